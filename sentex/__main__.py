@@ -1,0 +1,3 @@
+from sentex.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""Word-level Jaccard (the competition metric) and related torchmetrics.
+
+The competition scores a prediction with the Jaccard index of the two *sets* of lower-cased,
+whitespace-separated words. The pure functions below are the single source of that arithmetic;
+the ``Metric`` classes only accumulate their results in sum/count tensor states so that they
+reduce correctly across processes (``dist_reduce_fx="sum"``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import Metric, MetricCollection
+
+SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+
+def jaccard(a: str, b: str) -> float:
+    """Word-level Jaccard index as defined by the Kaggle competition.
+
+    Both strings are lower-cased and split on whitespace; the score is
+    ``|A ∩ B| / |A ∪ B|`` of the word sets. The competition code divides by zero when both
+    are empty; we define that case as a perfect match.
+
+    >>> jaccard("really love", "love this")
+    0.3333333333333333
+    >>> jaccard("Good Day", "good  day ")
+    1.0
+    >>> jaccard("", "")
+    1.0
+    >>> jaccard("", "anything")
+    0.0
+    """
+    sa, sb = set(a.lower().split()), set(b.lower().split())
+    if not sa and not sb:
+        return 1.0
+    inter = len(sa & sb)
+    return inter / (len(sa) + len(sb) - inter)
+
+
+def exact_match(a: str, b: str) -> float:
+    """1.0 when both strings have the same lower-cased words in the same order.
+
+    >>> exact_match(" Sooo SAD", "sooo sad")
+    1.0
+    >>> exact_match("sad sooo", "sooo sad")
+    0.0
+    """
+    return float(a.lower().split() == b.lower().split())
+
+
+def token_f1(a: str, b: str) -> float:
+    """SQuAD-style bag-of-words F1 (counts repeated words, unlike Jaccard).
+
+    >>> token_f1("really love", "love this")
+    0.5
+    >>> token_f1("", "")
+    1.0
+    """
+    ta, tb = a.lower().split(), b.lower().split()
+    if not ta and not tb:
+        return 1.0
+    common = sum((Counter(ta) & Counter(tb)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(ta), common / len(tb)
+    return 2 * precision * recall / (precision + recall)
+
+
+class _MeanTextScore(Metric):
+    """Mean of a pairwise text score, kept as a sum and a count so DDP can add them up."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    @staticmethod
+    def score(pred: str, target: str) -> float:
+        raise NotImplementedError
+
+    def update(self, preds: Sequence[str], target: Sequence[str], sentiments: Sequence[str] | None = None) -> None:
+        """Add a batch. ``sentiments`` is accepted so every metric in a collection shares one signature."""
+        _check_lengths(preds, target)
+        # Out-of-place adds: states created under ``inference_mode`` (a validate before fit)
+        # cannot be updated in place later.
+        self.total = self.total + sum(self.score(p, t) for p, t in zip(preds, target))
+        self.count = self.count + len(preds)
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class WordJaccard(_MeanTextScore):
+    """Mean competition Jaccard (:func:`jaccard`)."""
+
+    score = staticmethod(jaccard)
+
+
+class ExactMatch(_MeanTextScore):
+    """Share of predictions with exactly the gold words (:func:`exact_match`)."""
+
+    score = staticmethod(exact_match)
+
+
+class TokenF1(_MeanTextScore):
+    """Mean bag-of-words F1 (:func:`token_f1`)."""
+
+    score = staticmethod(token_f1)
+
+
+class PerSentimentJaccard(Metric):
+    """Mean Jaccard for each sentiment; ``compute`` returns ``{"jaccard_<sentiment>": value}``.
+
+    A sentiment with no rows yet is left out of the result rather than reported as 0.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, sentiments: Sequence[str] = SENTIMENTS, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.sentiments = tuple(sentiments)
+        n = len(self.sentiments)
+        self.add_state("total", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Sequence[str], target: Sequence[str], sentiments: Sequence[str] | None = None) -> None:
+        _check_lengths(preds, target)
+        if sentiments is None or len(sentiments) != len(preds):
+            raise ValueError("PerSentimentJaccard needs one sentiment per prediction")
+        total, count = torch.zeros_like(self.total), torch.zeros_like(self.count)
+        for p, t, s in zip(preds, target, sentiments):
+            i = self.sentiments.index(s)
+            total[i] += jaccard(p, t)
+            count[i] += 1
+        self.total, self.count = self.total + total, self.count + count
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {
+            f"jaccard_{s}": (self.total[i] / self.count[i]).float()
+            for i, s in enumerate(self.sentiments)
+            if self.count[i] > 0
+        }
+
+
+def extraction_metrics(prefix: str) -> MetricCollection:
+    """One metric object for a stage: ``<prefix>jaccard``, ``exact_match``, ``token_f1``, per sentiment."""
+    return MetricCollection(
+        {
+            "jaccard": WordJaccard(),
+            "exact_match": ExactMatch(),
+            "token_f1": TokenF1(),
+            "by_sentiment": PerSentimentJaccard(),
+        },
+        prefix=prefix,
+        compute_groups=False,
+    )
+
+
+def _check_lengths(preds: Sequence[str], target: Sequence[str]) -> None:
+    if len(preds) != len(target):
+        raise ValueError(f"got {len(preds)} predictions for {len(target)} targets")

@@ -1,0 +1,156 @@
+"""Reading and checking Kaggle-format tweet CSVs (``textID,text,selected_text,sentiment``).
+
+Reading is strict about the *file* (it must exist, decode as UTF-8, and have the columns) and
+forgiving about *rows*: a row whose text is empty or whose ``selected_text`` is not inside its
+``text`` cannot be learned from, so it is skipped and counted, unless ``strict`` is set. Every
+fatal problem in a file is collected and reported together, so one run shows them all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from sentex.errors import DataError
+from sentex.metrics import SENTIMENTS
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("textID", "text", "sentiment")
+LABEL_COLUMN = "selected_text"
+SAMPLE_PREFIX = "sentex:"
+MAX_REPORTED = 10  # problems listed per file before "... and N more"
+
+# A 100 KB tweet is absurd but must not crash the reader (csv's default limit is 128 KiB).
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+@dataclass
+class TweetTable:
+    """Checked rows of one file, as columns, plus what was skipped and why."""
+
+    path: str
+    columns: dict[str, list[str]]
+    skipped: dict[str, int] = field(default_factory=dict)
+    duplicate_ids: int = 0
+
+    def __len__(self) -> int:
+        return len(self.columns["textID"])
+
+    @property
+    def has_labels(self) -> bool:
+        return LABEL_COLUMN in self.columns
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """Map ``sentex:<name>`` to a CSV shipped inside the package; other paths pass through."""
+    text = str(path)
+    if text.startswith(SAMPLE_PREFIX):
+        return Path(str(resources.files("sentex") / "sample_data" / text[len(SAMPLE_PREFIX) :]))
+    return Path(text).expanduser()
+
+
+def read_tweets(path: str | Path, require_labels: bool, strict: bool = False) -> TweetTable:
+    """Read and check a Kaggle-format CSV.
+
+    Args:
+        path: CSV file, or ``sentex:<file>`` for a sample shipped with the package.
+        require_labels: whether ``selected_text`` must be present (train/val/test files).
+        strict: turn skippable row problems into errors.
+
+    Returns:
+        The usable rows as columns; leading/trailing spaces are kept as in the file.
+
+    Raises:
+        DataError: listing every fatal problem in the file.
+    """
+    resolved = resolve_data_path(path)
+    name = str(path)
+    header, records = _parse_csv(resolved, name)
+    missing = [c for c in REQUIRED_COLUMNS + ((LABEL_COLUMN,) if require_labels else ()) if c not in header]
+    if missing:
+        found = ", ".join(header) if header else "nothing"
+        raise DataError(f"{name}: missing column(s) {', '.join(missing)} (found: {found})")
+    keep = [c for c in REQUIRED_COLUMNS + (LABEL_COLUMN,) if c in header]
+    index = {c: header.index(c) for c in keep}
+
+    errors: list[str] = []
+    skipped: dict[str, int] = {}
+    columns: dict[str, list[str]] = {c: [] for c in keep}
+    for line, record in records:
+        if len(record) != len(header):
+            errors.append(f"{name}: line {line}: expected {len(header)} fields, found {len(record)}")
+            continue
+        row = {c: record[i] for c, i in index.items()}
+        if row["sentiment"] not in SENTIMENTS:
+            errors.append(
+                f"{name}: line {line}: field 'sentiment': unknown value {row['sentiment']!r}"
+                f" (expected one of {', '.join(SENTIMENTS)})"
+            )
+            continue
+        reason = _skip_reason(row)
+        if reason is not None:
+            if strict:
+                errors.append(f"{name}: line {line}: {reason}")
+            else:
+                skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        for c in keep:
+            columns[c].append(row[c])
+    if not errors and not columns["textID"]:
+        errors.append(f"{name}: no usable rows")
+    if errors:
+        more = f" ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+        raise DataError("; ".join(errors[:MAX_REPORTED]) + more)
+
+    table = TweetTable(name, columns, skipped, len(columns["textID"]) - len(set(columns["textID"])))
+    _warn_about(table)
+    return table
+
+
+def _parse_csv(path: Path, name: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Decode (BOM-tolerant UTF-8) and split a CSV; returns the header and ``(line, fields)`` rows."""
+    if not path.exists():
+        raise DataError(f"{name}: file not found")
+    if path.is_dir():
+        raise DataError(f"{name}: is a directory, expected a CSV file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{name}: line {line}: not valid UTF-8 (byte {raw[err.start]:#04x}); re-save the file as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{name}: file is empty")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+        records = [(reader.line_num, rec) for rec in reader if rec]
+    except csv.Error as err:
+        raise DataError(f"{name}: line {reader.line_num}: malformed CSV ({err})") from None
+    return header, records
+
+
+def _skip_reason(row: dict[str, str]) -> str | None:
+    if not row["text"].strip():
+        return "empty text"
+    label = row.get(LABEL_COLUMN)
+    if label is not None:
+        if not label.strip():
+            return "empty selected_text"
+        if label not in row["text"]:
+            return "selected_text not found in text"
+    return None
+
+
+def _warn_about(table: TweetTable) -> None:
+    if table.skipped:
+        detail = ", ".join(f"{n} {why}" for why, n in sorted(table.skipped.items()))
+        log.warning("%s: skipped %d row(s): %s (pass strict=True to fail instead)", table.path, sum(table.skipped.values()), detail)
+    if table.duplicate_ids:
+        log.warning("%s: %d duplicate textID(s); rows are kept", table.path, table.duplicate_ids)

@@ -1,0 +1,96 @@
+"""Files a user gets: ``submission.csv`` from predict and the per-row report from test.
+
+Every file is written to a temporary name in the target folder and renamed into place, so a
+crash or ``kill`` never leaves a half-written file where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch.distributed as dist
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+TEST_REPORT = "test_predictions.csv"
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write ``rows`` as a UTF-8 CSV, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def gather_objects(items: list[Any]) -> list[Any]:
+    """Concatenate a list from every process (identity when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
+
+
+class SubmissionWriter(BasePredictionWriter):
+    """Write predictions as a Kaggle submission (``textID,selected_text``), in input order.
+
+    Args:
+        output_path: where ``sentex predict`` writes the submission.
+    """
+
+    def __init__(self, output_path: str = "submission.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.output_path = output_path
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]) -> None:
+        rows = []
+        for batch, indices in zip(predictions, _flatten_batches(batch_indices)):
+            rows.extend(zip(indices, batch["textID"], batch["selected_text"]))
+        # Under DDP each process predicted a share; a DistributedSampler may repeat rows to even
+        # out the shares, so rows are de-duplicated by dataset index before sorting.
+        by_index = {i: (tid, pred) for i, tid, pred in gather_objects(rows)}
+        if trainer.is_global_zero:
+            ordered = [by_index[i] for i in sorted(by_index)]
+            write_csv(self.output_path, ["textID", "selected_text"], ({"textID": t, "selected_text": p} for t, p in ordered))
+            rank_zero_info(f"sentex: wrote {len(ordered)} predictions to {self.output_path}")
+
+
+def _flatten_batches(batch_indices: Sequence[Any]) -> list[list[int]]:
+    # Lightning nests batch indices per dataloader when there is more than one.
+    if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
+        return [b for loader in batch_indices for b in loader]
+    return list(batch_indices)
+
+
+class TestReportWriter(Callback):
+    """After ``sentex test``: one CSV row per tweet (text, sentiment, gold, prediction, Jaccard) for error analysis."""
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rows = gather_objects(list(getattr(pl_module, "test_rows", [])))
+        if trainer.is_global_zero and rows:
+            path = Path(trainer.log_dir or ".") / TEST_REPORT
+            write_csv(path, list(rows[0]), rows)
+            rank_zero_info(f"sentex: wrote per-row test report to {path}")
