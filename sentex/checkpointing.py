@@ -27,10 +27,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
-    def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except FileNotFoundError:
             raise CheckpointError(f"{path}: checkpoint not found") from None
         except (RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {str(err).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint (truncated or corrupt?): {str(err).splitlines()[0]}"
+            ) from None

@@ -124,7 +124,9 @@ def _parse_csv(path: Path, name: str) -> tuple[list[str], list[tuple[int, list[s
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{name}: line {line}: not valid UTF-8 (byte {raw[err.start]:#04x}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{name}: line {line}: not valid UTF-8 (byte {raw[err.start]:#04x}); re-save the file as UTF-8"
+        ) from None
     if not text.strip():
         raise DataError(f"{name}: file is empty")
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -151,6 +153,11 @@ def _skip_reason(row: dict[str, str]) -> str | None:
 def _warn_about(table: TweetTable) -> None:
     if table.skipped:
         detail = ", ".join(f"{n} {why}" for why, n in sorted(table.skipped.items()))
-        log.warning("%s: skipped %d row(s): %s (pass strict=True to fail instead)", table.path, sum(table.skipped.values()), detail)
+        log.warning(
+            "%s: skipped %d row(s): %s (pass strict=True to fail instead)",
+            table.path,
+            sum(table.skipped.values()),
+            detail,
+        )
     if table.duplicate_ids:
         log.warning("%s: %d duplicate textID(s); rows are kept", table.path, table.duplicate_ids)

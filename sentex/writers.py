@@ -65,7 +65,13 @@ class SubmissionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output_path = output_path
 
-    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]) -> None:
+    def write_on_epoch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
         rows = []
         for batch, indices in zip(predictions, _flatten_batches(batch_indices)):
             rows.extend(zip(indices, batch["textID"], batch["selected_text"]))
@@ -74,7 +80,9 @@ class SubmissionWriter(BasePredictionWriter):
         by_index = {i: (tid, pred) for i, tid, pred in gather_objects(rows)}
         if trainer.is_global_zero:
             ordered = [by_index[i] for i in sorted(by_index)]
-            write_csv(self.output_path, ["textID", "selected_text"], ({"textID": t, "selected_text": p} for t, p in ordered))
+            write_csv(
+                self.output_path, ["textID", "selected_text"], ({"textID": t, "selected_text": p} for t, p in ordered)
+            )
             rank_zero_info(f"sentex: wrote {len(ordered)} predictions to {self.output_path}")
 
 

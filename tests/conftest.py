@@ -50,8 +50,17 @@ def build_tiny_t5(path: Path) -> Path:
 
     torch.manual_seed(0)
     config = T5Config(
-        vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0,
+        vocab_size=384,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        dropout_rate=0.0,
     )
     T5ForConditionalGeneration(config).save_pretrained(path)
     ByT5Tokenizer().save_pretrained(path)

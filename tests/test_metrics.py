@@ -60,8 +60,12 @@ def test_per_sentiment_breakdown_and_collection_keys() -> None:
     assert out["val/jaccard"] == pytest.approx((1 / 3 + 1) / 3)
     assert out["val/exact_match"] == pytest.approx(1 / 3)
     assert set(out) == {
-        "val/jaccard", "val/exact_match", "val/token_f1",
-        "val/jaccard_positive", "val/jaccard_neutral", "val/jaccard_negative",
+        "val/jaccard",
+        "val/exact_match",
+        "val/token_f1",
+        "val/jaccard_positive",
+        "val/jaccard_neutral",
+        "val/jaccard_negative",
     }
 
 

@@ -16,14 +16,29 @@ ALL_T5_LINEAR = ["q", "k", "v", "o", "wi", "wo"]
 
 
 def tiny_module(path: Path, **kw) -> Seq2SeqExtractor:
-    args = dict(prompt_template="{sentiment}: {text}", lora_r=16, lora_alpha=32, lora_dropout=0.0,
-                lora_target_modules=ALL_T5_LINEAR, learning_rate=3e-3, warmup_steps=10, weight_decay=0.0)
+    args = dict(
+        prompt_template="{sentiment}: {text}",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        lora_target_modules=ALL_T5_LINEAR,
+        learning_rate=3e-3,
+        warmup_steps=10,
+        weight_decay=0.0,
+    )
     return Seq2SeqExtractor(str(path), **{**args, **kw})
 
 
 def trainer(tmp: Path, steps: int, **kw) -> pl.Trainer:
-    return pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, default_root_dir=tmp, **kw)
+    return pl.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +68,7 @@ def test_tiny_t5_lora_overfits_eight_tweets(overfit) -> None:
 def test_predictions_are_clean_text(overfit) -> None:
     model, dm, *_ = overfit
     batch = model.collate([dm.datasets["val"][i] for i in range(len(TWEETS))])
-    for pred, text in zip(model.extract(batch), batch["text"]):
+    for pred in model.extract(batch):
         assert pred == pred.strip() and "<" not in pred
 
 
@@ -61,7 +76,8 @@ def test_only_lora_weights_change(tiny_t5: Path, tweets_csv: Path, tmp_path: Pat
     model = tiny_module(tiny_t5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer(tmp_path, 5, enable_checkpointing=False, limit_val_batches=0).fit(
-        model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv), batch_size=4))
+        model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv), batch_size=4)
+    )
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed, "training changed nothing"
     assert all("lora_" in k for k in changed), sorted(k for k in changed if "lora_" not in k)
@@ -93,12 +109,15 @@ def test_gradient_checkpointing_still_trains_lora(tiny_t5: Path, tweets_csv: Pat
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_non_finite_loss_stops_training_with_advice(tiny_t5: Path, tweets_csv: Path, tmp_path: Path, monkeypatch) -> None:
+def test_non_finite_loss_stops_training_with_advice(
+    tiny_t5: Path, tweets_csv: Path, tmp_path: Path, monkeypatch
+) -> None:
     model = tiny_module(tiny_t5)
     monkeypatch.setattr(model, "compute_loss", lambda batch: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(NonFiniteLossError, match=r"at global step 0.*bf16-mixed"):
         trainer(tmp_path, 3, enable_checkpointing=False, limit_val_batches=0).fit(
-            model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv)))
+            model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv))
+        )
 
 
 def test_restore_source_case() -> None:
