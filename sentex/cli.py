@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -19,8 +21,30 @@ from sentex.models.base import ExtractorModule
 from sentex.writers import SubmissionWriter, TestReportWriter
 
 
+# Subcommands that are not Trainer methods: name -> (module with ``main(argv)``, one-line help).
+# Listed in ``sentex --help`` once their module exists.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "align": ("sentex.align", "DPO-align a trained model against its frozen self (preference pairs)."),
+    "export": ("sentex.export", "Merge LoRA, optionally quantize, and write a self-contained model folder."),
+    "bench": ("sentex.bench", "Measure exported models: size, memory, latency, throughput, Jaccard."),
+    "app": ("sentex.app", "Serve a model in the Streamlit demo app."),
+}
+
+
+def available_extra_commands() -> dict[str, tuple[str, str]]:
+    """The extra subcommands whose implementation is installed."""
+    return {name: spec for name, spec in EXTRA_COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
+
+
 class SentexCLI(LightningCLI):
     """LightningCLI plus the checkpoints, writers and terminal output every sentex run wants."""
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # Only so that ``sentex --help`` lists them; ``main`` dispatches them before parsing.
+        for name, (_, help_text) in available_extra_commands().items():
+            self._subcommand_parsers[name] = sub = LightningArgumentParser(description=help_text)
+            parser._subcommands_action.add_subcommand(name, sub, help=help_text)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
@@ -73,14 +97,19 @@ def find_last_checkpoint(root: Path) -> Path:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``sentex`` console script."""
     logging.basicConfig(level=logging.WARNING, format="sentex: %(levelname)s: %(message)s")
+    argv = sys.argv[1:] if args is None else list(args)
+    extra = available_extra_commands()
     try:
+        if argv and argv[0] in extra:
+            importlib.import_module(extra[argv[0]][0]).main(argv[1:])
+            return
         SentexCLI(
             ExtractorModule,
             TweetDataModule,
             subclass_mode_model=True,
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
-            args=args,
+            args=argv,
         )
     except SentexError as err:
         print(f"sentex: error: {err}", file=sys.stderr)

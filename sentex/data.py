@@ -11,9 +11,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 from datasets import Dataset
+import torch
 from torch.utils.data import DataLoader
 
 from sentex.errors import DataError
+from sentex.sampling import LengthBucketBatchSampler
 from sentex.tweets import read_tweets
 
 
@@ -32,6 +34,7 @@ class TweetDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         strict: fail on rows that are otherwise skipped and counted (empty text, phrase not in text).
         max_train_rows: use only the first N training rows (quick experiments).
+        bucket_by_length: batch training rows of similar length together (faster; single process only).
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class TweetDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         strict: bool = False,
         max_train_rows: int | None = None,
+        bucket_by_length: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -72,7 +76,7 @@ class TweetDataModule(pl.LightningDataModule):
             if "val" not in self.datasets:
                 self.datasets["val"] = self._load(hp.val_path, "data.val_path", labels=True)
             if need_train and "train" not in self.datasets:
-                self.datasets["train"] = self._load(hp.train_path, "data.train_path", labels=True)
+                self.datasets["train"] = self._limit(self._load(hp.train_path, "data.train_path", labels=True))
             return
         if "train" in self.datasets:
             return
@@ -80,20 +84,31 @@ class TweetDataModule(pl.LightningDataModule):
         if len(full) < 2:
             raise DataError(f"{hp.train_path}: need at least 2 rows to split off validation rows")
         split = full.train_test_split(test_size=hp.val_fraction, seed=hp.split_seed)
-        self.datasets["train"], self.datasets["val"] = split["train"], split["test"]
+        self.datasets["train"], self.datasets["val"] = self._limit(split["train"]), split["test"]
 
     def _load(self, path: str | None, option: str, labels: bool) -> Dataset:
         if not path:
             raise DataError(f"--{option} is required for this command")
         table = read_tweets(path, require_labels=labels, strict=self.hparams.strict)
-        ds = Dataset.from_dict(table.columns)
-        if option == "data.train_path" and self.hparams.max_train_rows:
-            ds = ds.select(range(min(len(ds), self.hparams.max_train_rows)))
-        return ds
+        return Dataset.from_dict(table.columns)
+
+    def _limit(self, train: Dataset) -> Dataset:
+        n = self.hparams.max_train_rows
+        return train.select(range(min(len(train), n))) if n else train
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
         batch_size = hp.batch_size if name == "train" else (hp.eval_batch_size or hp.batch_size)
+        if shuffle and hp.bucket_by_length:
+            lengths = [len(t) for t in self.datasets[name]["text"]]
+            sampler = LengthBucketBatchSampler(lengths, batch_size, seed=torch.initial_seed() % 2**31)
+            return DataLoader(
+                self.datasets[name],
+                batch_sampler=sampler,
+                num_workers=hp.num_workers,
+                collate_fn=self._collate,
+                persistent_workers=hp.num_workers > 0,
+            )
         return DataLoader(
             self.datasets[name],
             batch_size=batch_size,

@@ -89,3 +89,17 @@ def test_explicit_val_path_and_missing_predict_path(tweets_csv: Path) -> None:
     assert len(dm.datasets["train"]) == len(dm.datasets["val"]) == len(TWEETS)
     with pytest.raises(DataError, match="--data.predict_path is required"):
         dm.setup("predict")
+
+
+def test_length_buckets_cover_every_row_once_and_group_lengths() -> None:
+    from sentex.sampling import LengthBucketBatchSampler
+
+    lengths = [(i * 37) % 101 for i in range(1000)]
+    sampler = LengthBucketBatchSampler(lengths, batch_size=8, seed=1, window_batches=10)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 125
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 20  # random batches of 8 from 0..100 spread ~78
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
