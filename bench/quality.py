@@ -61,8 +61,9 @@ def main() -> None:
     print("| metric | sentex | full-tweet baseline |\n|---|---:|---:|")
     for key in ["jaccard", *(f"jaccard_{s}" for s in SENTIMENTS), "exact_match"]:
         print(f"| {key} | {result[f'val/{key}']:.4f} | {base[key]:.4f} |")
-    print(f"\ntraining: {train_s / 60:.1f} min wall, {seen / train_s:.1f} samples/s, "
-          f"{trainer.current_epoch} epoch(s), {args.threads} thread(s); best checkpoint: {trainer.checkpoint_callback.best_model_path}")  # fmt: skip
+    best = trainer.checkpoint_callback.best_model_path
+    print(f"\ntraining: {train_s / 60:.1f} min wall, {seen / train_s:.1f} samples/s, {trainer.current_epoch} epoch(s)")
+    print(f"threads: {args.threads}; best checkpoint: {best}")
 
 
 if __name__ == "__main__":

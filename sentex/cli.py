@@ -5,21 +5,22 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from sentex.callbacks import FitSummary
+from sentex.callbacks import FitSummary, RandomStateCheckpoint
 from sentex.checkpointing import AtomicCheckpointIO
 from sentex.data import TweetDataModule
 from sentex.errors import CheckpointError, SentexError
 from sentex.models.base import ExtractorModule
 from sentex.writers import SubmissionWriter, TestReportWriter
-
 
 # Subcommands that are not Trainer methods: name -> (module with ``main(argv)``, one-line help).
 # Listed in ``sentex --help`` once their module exists.
@@ -68,13 +69,46 @@ class SentexCLI(LightningCLI):
         )
         parser.add_lightning_class_args(SubmissionWriter, "submission")
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``last``, check the checkpoint, then take its model settings (as LightningCLI does).
+
+        LightningCLI would merge a checkpoint's hyperparameters into the config before any check,
+        so a truncated file gave a traceback and another family's checkpoint a confusing parser
+        error; here both become one-line :class:`CheckpointError` messages naming the file.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = str(find_last_checkpoint(Path(config["trainer"].get("default_root_dir") or ".")))
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
+        if not Path(ckpt_path).is_file():
+            raise CheckpointError(f"{ckpt_path}: checkpoint not found")
+        checkpoint = read_checkpoint(ckpt_path)
+        check_family(ckpt_path, checkpoint, config["model"].get("class_path"))
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except CheckpointError as err:
+            # The model raises without knowing the file; name it so the one-line message is complete.
+            ckpt = self.config_init.get(subcommand, {}).get("ckpt_path")
+            if ckpt and str(ckpt) not in str(err):
+                raise CheckpointError(f"{ckpt}: {err}") from None
+            raise
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        callbacks = [*callbacks, TestReportWriter(), FitSummary()]
+        callbacks = [*callbacks, TestReportWriter(), FitSummary(), RandomStateCheckpoint()]
         configured = list(config.get("callbacks") or [])
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in configured
@@ -94,6 +128,39 @@ def find_last_checkpoint(root: Path) -> Path:
     return candidates[-1]
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's plain contents (no code runs), or raise a one-line :class:`CheckpointError`."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            return {}  # complete but holds objects beyond plain data: the Trainer loads it in full later
+        # torch's own text here suggests weights_only=False, which is wrong for a damaged file.
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): not a pickle") from None
+    except Exception as err:  # torch raises RuntimeError, OSError, EOFError, ...
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(err)}"
+        ) from None
+
+
+def _first_line(err: Exception) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def check_family(path: str | Path, checkpoint: dict[str, Any], class_path: str | None) -> None:
+    """Fail early when a checkpoint was trained as another model family than the config builds."""
+    saved = (checkpoint.get("sentex") or {}).get("family")
+    if saved is None or not class_path:
+        return  # not a sentex checkpoint: the model's own check says so when it loads
+    module, _, name = class_path.rpartition(".")
+    wanted = getattr(getattr(importlib.import_module(module), name, None), "family", None)
+    if wanted is not None and wanted != saved:
+        raise CheckpointError(
+            f"{path}: checkpoint is a '{saved}' model but the config builds a '{wanted}' model;"
+            " use the config the checkpoint was trained with"
+        )
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``sentex`` console script."""
     logging.basicConfig(level=logging.WARNING, format="sentex: %(levelname)s: %(message)s")
@@ -109,7 +176,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_model=True,
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
-            args=argv,
+            args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself (no warning)
         )
     except SentexError as err:
         print(f"sentex: error: {err}", file=sys.stderr)

@@ -7,15 +7,19 @@ FLAN-T5 and a sentence pair for an encoder are model decisions, not data decisio
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
-from datasets import Dataset
 import torch
+from datasets import Dataset
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from sentex.errors import DataError
-from sentex.sampling import LengthBucketBatchSampler
+from sentex.sampling import LengthBucketBatchSampler, ResumableRandomSampler
 from sentex.tweets import read_tweets
 
 
@@ -35,6 +39,10 @@ class TweetDataModule(pl.LightningDataModule):
         strict: fail on rows that are otherwise skipped and counted (empty text, phrase not in text).
         max_train_rows: use only the first N training rows (quick experiments).
         bucket_by_length: batch training rows of similar length together (faster; single process only).
+
+    The training order is a pure function of the seed and the epoch, and the data module's
+    checkpoint state records how far into the epoch training got, so a run resumed from a
+    mid-epoch ``last.ckpt`` trains on exactly the batches an uninterrupted run would have.
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class TweetDataModule(pl.LightningDataModule):
             raise DataError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
         self.save_hyperparameters()
         self.datasets: dict[str, Dataset] = {}
+        self._resume_epoch, self._resume_batches = 0, 0
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -96,39 +105,89 @@ class TweetDataModule(pl.LightningDataModule):
         n = self.hparams.max_train_rows
         return train.select(range(min(len(train), n))) if n else train
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in the epoch, saved in every checkpoint (see the class docstring)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:
+            return {"epoch": trainer.current_epoch + 1, "batches_done": 0}
+        return {"epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_epoch = int(state_dict.get("epoch", 0))
+        self._resume_batches = int(state_dict.get("batches_done", 0))
+
+    def _train_loader(self) -> DataLoader:
         hp = self.hparams
-        batch_size = hp.batch_size if name == "train" else (hp.eval_batch_size or hp.batch_size)
-        if shuffle and hp.bucket_by_length:
-            lengths = [len(t) for t in self.datasets[name]["text"]]
-            sampler = LengthBucketBatchSampler(lengths, batch_size, seed=torch.initial_seed() % 2**31)
-            return DataLoader(
-                self.datasets[name],
-                batch_sampler=sampler,
-                num_workers=hp.num_workers,
-                collate_fn=self._collate,
-                persistent_workers=hp.num_workers > 0,
+        rows = self.datasets["train"]
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if distributed:
+            if hp.bucket_by_length:
+                raise DataError(
+                    "data.bucket_by_length works in a single process only; "
+                    "set --data.bucket_by_length false for multi-device (DDP/FSDP/DeepSpeed) training"
+                )
+            # Lightning swaps in a DistributedSampler (seeded by the global seed, reshuffled per epoch).
+            return self._make_loader(rows, batch_size=hp.batch_size, shuffle=True)
+        epoch, skip = self._resume_epoch, self._resume_batches
+        self._resume_epoch, self._resume_batches = 0, 0  # a later fit starts from the beginning
+        if skip:
+            # Lightning warns that a plain DataLoader cannot resume mid-epoch; these samplers can.
+            warnings.filterwarnings(
+                "ignore", "You're resuming from a checkpoint that ended before", PossibleUserWarning
             )
+        if hp.bucket_by_length:
+            lengths = [len(t) for t in rows["text"]]
+            sampler = LengthBucketBatchSampler(lengths, hp.batch_size, _seed(), epoch=epoch, skip_batches=skip)
+            return self._make_loader(rows, batch_sampler=sampler)
+        sampler = ResumableRandomSampler(len(rows), _seed(), epoch=epoch, skip=skip * hp.batch_size)
+        return self._make_loader(rows, batch_size=hp.batch_size, sampler=sampler)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        hp = self.hparams
+        rows, batch_size = self.datasets[name], hp.eval_batch_size or hp.batch_size
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and name != "predict":
+            # Lightning's default DistributedSampler repeats rows to even out the shares, and the
+            # repeats would be scored twice; this one gives every row to exactly one process.
+            # Safe because evaluation steps run no collective operation (metrics sync at the end).
+            sampler = UnrepeatedDistributedSampler(
+                rows, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+            return self._make_loader(rows, batch_size=batch_size, sampler=sampler)
+        return self._make_loader(rows, batch_size=batch_size, shuffle=False)
+
+    def _make_loader(self, rows: Dataset, **kwargs: Any) -> DataLoader:
+        workers = self.hparams.num_workers
         return DataLoader(
-            self.datasets[name],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=hp.num_workers,
+            rows,
+            num_workers=workers,
             collate_fn=self._collate,
-            persistent_workers=hp.num_workers > 0,
+            persistent_workers=workers > 0,
+            # Its own generator: creating a loader iterator then draws no number from the global
+            # RNG, so dropout sees the same random stream whether or not a run was resumed.
+            generator=torch.Generator().manual_seed(_seed()),
+            **kwargs,
         )
 
     def _collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return self.trainer.lightning_module.collate(rows)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._train_loader()
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        return self._eval_loader("predict")
+
+
+def _seed() -> int:
+    """The run's seed (``seed_everything`` exports it), so every order derives from it."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed() % 2**31))

@@ -1,9 +1,11 @@
 """Reading and checking Kaggle-format tweet CSVs (``textID,text,selected_text,sentiment``).
 
 Reading is strict about the *file* (it must exist, decode as UTF-8, and have the columns) and
-forgiving about *rows*: a row whose text is empty or whose ``selected_text`` is not inside its
-``text`` cannot be learned from, so it is skipped and counted, unless ``strict`` is set. Every
-fatal problem in a file is collected and reported together, so one run shows them all.
+forgiving about *rows*: in a labelled file, a row whose text is empty or whose ``selected_text``
+is not inside its ``text`` cannot be learned from, so it is skipped and counted, unless ``strict``
+is set. An unlabelled file (what ``sentex predict`` reads) never loses a row, because a
+submission needs every ``textID``; empty texts are kept and counted. Every fatal problem in a
+file is collected and reported together, so one run shows them all.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class TweetTable:
     columns: dict[str, list[str]]
     skipped: dict[str, int] = field(default_factory=dict)
     duplicate_ids: int = 0
+    empty_texts_kept: int = 0
 
     def __len__(self) -> int:
         return len(self.columns["textID"])
@@ -93,7 +96,7 @@ def read_tweets(path: str | Path, require_labels: bool, strict: bool = False) ->
                 f" (expected one of {', '.join(SENTIMENTS)})"
             )
             continue
-        reason = _skip_reason(row)
+        reason = _skip_reason(row) if require_labels else None
         if reason is not None:
             if strict:
                 errors.append(f"{name}: line {line}: {reason}")
@@ -103,12 +106,14 @@ def read_tweets(path: str | Path, require_labels: bool, strict: bool = False) ->
         for c in keep:
             columns[c].append(row[c])
     if not errors and not columns["textID"]:
-        errors.append(f"{name}: no usable rows")
+        why = "".join(f", {n} {reason}" for reason, n in sorted(skipped.items()))
+        errors.append(f"{name}: no usable rows ({len(records)} data row(s){why})")
     if errors:
         more = f" ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
         raise DataError("; ".join(errors[:MAX_REPORTED]) + more)
 
     table = TweetTable(name, columns, skipped, len(columns["textID"]) - len(set(columns["textID"])))
+    table.empty_texts_kept = sum(not t.strip() for t in columns["text"])
     _warn_about(table)
     return table
 
@@ -132,7 +137,12 @@ def _parse_csv(path: Path, name: str) -> tuple[list[str], list[tuple[int, list[s
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]
-        records = [(reader.line_num, rec) for rec in reader if rec]
+        records = []
+        start = reader.line_num + 1
+        for rec in reader:
+            if rec:  # report the line a record starts on (a quoted newline makes records span lines)
+                records.append((start, rec))
+            start = reader.line_num + 1
     except csv.Error as err:
         raise DataError(f"{name}: line {reader.line_num}: malformed CSV ({err})") from None
     return header, records
@@ -161,3 +171,9 @@ def _warn_about(table: TweetTable) -> None:
         )
     if table.duplicate_ids:
         log.warning("%s: %d duplicate textID(s); rows are kept", table.path, table.duplicate_ids)
+    if table.empty_texts_kept:
+        log.warning(
+            "%s: %d row(s) with empty text are kept so every textID gets a prediction",
+            table.path,
+            table.empty_texts_kept,
+        )

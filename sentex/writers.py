@@ -29,12 +29,20 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    # mkstemp creates the file 0600; give the finished file the permissions open() would have.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
@@ -45,13 +53,34 @@ def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict[s
         writer.writerows(rows)
 
 
-def gather_objects(items: list[Any]) -> list[Any]:
-    """Concatenate a list from every process (identity when not distributed)."""
+def gather_per_process(items: list[Any]) -> list[list[Any]]:
+    """Every process's list, in rank order (``[items]`` when not distributed)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
+        return [items]
     gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, items)
-    return [x for part in gathered for x in part]
+    return gathered
+
+
+def gather_objects(items: list[Any]) -> list[Any]:
+    """Concatenate a list from every process (identity when not distributed)."""
+    return [x for part in gather_per_process(items) for x in part]
+
+
+def undo_distributed_split(parts: Sequence[Sequence[Any]], num_rows: int) -> list[Any]:
+    """Rows in dataset order from what each rank of an unshuffled ``DistributedSampler`` produced.
+
+    Rank ``r`` of ``W`` gets rows ``r, r + W, r + 2W, ...``, and the sampler repeats the first
+    rows so every rank gets as many; interleaving the ranks and cutting at ``num_rows`` undoes both.
+
+    >>> undo_distributed_split([["a", "c", "e"], ["b", "d", "a"]], 5)
+    ['a', 'b', 'c', 'd', 'e']
+    >>> undo_distributed_split([["a", "b"]], 2)
+    ['a', 'b']
+    """
+    longest = max((len(p) for p in parts), default=0)
+    ordered = [part[k] for k in range(longest) for part in parts if k < len(part)]
+    return ordered[:num_rows]
 
 
 class SubmissionWriter(BasePredictionWriter):
@@ -97,8 +126,19 @@ class TestReportWriter(Callback):
     """After ``sentex test``: one CSV row per tweet (text, sentiment, gold, prediction, Jaccard) for error analysis."""
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rows = gather_objects(list(getattr(pl_module, "test_rows", [])))
+        parts = gather_per_process(list(getattr(pl_module, "test_rows", [])))
+        # Under DDP the per-rank rows interleave and end with the sampler's padding repeats.
+        rows = undo_distributed_split(parts, _dataset_size(trainer.test_dataloaders, sum(map(len, parts))))
+        log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
         if trainer.is_global_zero and rows:
-            path = Path(trainer.log_dir or ".") / TEST_REPORT
+            path = Path(log_dir or ".") / TEST_REPORT
             write_csv(path, list(rows[0]), rows)
             rank_zero_info(f"sentex: wrote per-row test report to {path}")
+
+
+def _dataset_size(loaders: Any, default: int) -> int:
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return default

@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models run fastest on one thread, and OpenMP spin-waiting makes two-thread runs crawl
 # when anything else shares the cores. Tests that need both cores set it themselves.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweet-sentiment-extraction"
 

@@ -72,8 +72,8 @@ def test_fit_then_predict_end_to_end(tiny_t5: Path, tmp_path: Path) -> None:
         "--trainer.limit_val_batches", "1",
     ]  # fmt: skip
     fit = sentex(
-        "fit", *common, "--data.train_path", str(train), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-        cwd=tmp_path,
+        "fit", *common, "--data.train_path", str(train), "--trainer.max_epochs", "2",
+        "--trainer.limit_train_batches", "2", cwd=tmp_path,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
     run_dir = tmp_path / "lightning_logs" / "version_0"

@@ -1,0 +1,7 @@
+"""sentex model families: each is an :class:`~sentex.models.base.ExtractorModule`."""
+
+from sentex.models.base import ExtractorModule
+from sentex.models.seq2seq import Seq2SeqExtractor
+from sentex.models.span import SpanExtractor
+
+__all__ = ["ExtractorModule", "Seq2SeqExtractor", "SpanExtractor"]

@@ -1,0 +1,152 @@
+"""Kill-and-resume and determinism of ``sentex fit``, through the real CLI in subprocesses.
+
+Both compare *exactly* (CPU, one thread): the training order is a function of (seed, epoch),
+the data module records how far into the epoch a checkpoint was taken, and the random-number
+generators are stored in every checkpoint, so there is nothing left for a resumed or repeated
+run to do differently.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TWEETS, write_rows
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def sentex_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sentex", *args]
+
+
+def sentex_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_sentex(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(sentex_cmd(*args), cwd=cwd, env=sentex_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def many_tweets(path: Path, copies: int) -> Path:
+    """``copies`` x the hand-written tweets, with unique ids."""
+    rows = [(f"{tid}_{i}", text, sel, sent) for i in range(copies) for tid, text, sel, sent in TWEETS]
+    return write_rows(path, rows)
+
+
+def tiny_fit_args(tiny_t5: Path, train: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--config", str(CONFIGS / "lora_cpu.yaml"),
+        "--model.init_args.model_name_or_path", str(tiny_t5),
+        "--data.train_path", str(train),
+        "--data.batch_size", "2",
+        "--trainer.max_epochs", "2",
+        "--trainer.limit_val_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(root),
+        "--last_checkpoint.every_n_train_steps", "4",  # 144 steps in all: the last save is the end
+        *extra,
+    ]  # fmt: skip
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a TensorBoard run logged: ``tag -> [(step, value), ...]``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def final_val_metrics(run_dir: Path) -> dict[str, float]:
+    return {tag: values[-1][1] for tag, values in scalars(run_dir).items() if tag.startswith("val/")}
+
+
+def trained_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = trained_weights(a), trained_weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"fit ended before {path} appeared"
+        assert time.monotonic() < deadline, f"no {path} after {timeout}s"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted_run(tiny_t5: Path, tmp_path: Path) -> None:
+    train = many_tweets(tmp_path / "train.csv", copies=20)  # 144 training rows: 72 steps per epoch
+    full = run_sentex(*tiny_fit_args(tiny_t5, train, tmp_path / "full"), cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    root = tmp_path / "killed"
+    last = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        sentex_cmd(*tiny_fit_args(tiny_t5, train, root)), cwd=tmp_path, env=sentex_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(last, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    killed_at = state["global_step"]
+    assert 0 < killed_at < 72, "the kill should land mid-way through the first epoch"
+    assert state["TweetDataModule"] == {"epoch": 0, "batches_done": killed_at}
+
+    resumed = run_sentex(*tiny_fit_args(tiny_t5, train, root, "--ckpt_path", "last"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr
+    resumed_dir = root / "lightning_logs" / "version_1"
+    train_steps = [step for step, _ in scalars(resumed_dir)["train/loss"]]
+    assert min(train_steps) > killed_at, "the resumed run must continue after the checkpoint, not restart"
+
+    full_dir = tmp_path / "full" / "lightning_logs" / "version_0"
+    assert final_val_metrics(resumed_dir) == final_val_metrics(full_dir)
+    assert torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 144
+    assert_same_weights(resumed_dir / "checkpoints" / "last.ckpt", full_dir / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_and_predictions(tiny_t5: Path, tmp_path: Path) -> None:
+    train = many_tweets(tmp_path / "train.csv", copies=3)
+    unlabelled = [(tid, text, sent) for tid, text, _, sent in TWEETS]
+    test = write_rows(tmp_path / "test.csv", unlabelled, header=("textID", "text", "sentiment"))
+    outputs = []
+    for name in ("a", "b"):
+        fit = run_sentex(*tiny_fit_args(tiny_t5, train, tmp_path / name), cwd=tmp_path)
+        assert fit.returncode == 0, fit.stderr[-3000:]
+        run_dir = tmp_path / name / "lightning_logs" / "version_0"
+        pred = run_sentex(
+            "predict", "--config", str(CONFIGS / "lora_cpu.yaml"), "--model.init_args.model_name_or_path", str(tiny_t5),
+            "--trainer.enable_progress_bar", "false", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+            "--data.predict_path", str(test), "--submission.output_path", str(tmp_path / name / "submission.csv"),
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert pred.returncode == 0, pred.stderr[-3000:]
+        with open(tmp_path / name / "submission.csv", newline="", encoding="utf-8") as f:
+            predictions = list(csv.DictReader(f))
+        outputs.append((scalars(run_dir), predictions, trained_weights(run_dir / "checkpoints" / "last.ckpt")))
+    (metrics_a, preds_a, weights_a), (metrics_b, preds_b, weights_b) = outputs
+    assert metrics_a == metrics_b and "val/loss" in metrics_a and "train/loss" in metrics_a
+    assert preds_a == preds_b and len(preds_a) == len(TWEETS)
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
