@@ -130,7 +130,9 @@ class ExtractorModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         trainable, total = self.parameter_counts()
-        rank_zero_info(f"sentex {self.family}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        rank_zero_info(
+            f"sentex {self.family}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
+        )
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""

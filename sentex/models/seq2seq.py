@@ -78,7 +78,9 @@ class Seq2SeqExtractor(ExtractorModule):
         if gradient_checkpointing:
             enable_gradient_checkpointing(model)
         if lora_r is not None:
-            model = apply_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules or ["q", "v"], "SEQ_2_SEQ_LM")
+            model = apply_lora(
+                model, lora_r, lora_alpha, lora_dropout, lora_target_modules or ["q", "v"], "SEQ_2_SEQ_LM"
+            )
         # from_pretrained returns eval mode; Lightning keeps submodule modes, so switch dropout on.
         self.model = model.train()
         self.generation = {"num_beams": 1, "max_new_tokens": 64, **(generation or {})}
@@ -86,11 +88,17 @@ class Seq2SeqExtractor(ExtractorModule):
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
         batch: Batch = {k: [r[k] for r in rows] for k in rows[0]}
         prompts = [self.hparams.prompt_template.format(sentiment=r["sentiment"], text=r["text"]) for r in rows]
-        enc = self.tokenizer(prompts, max_length=self.hparams.max_length, truncation=True, padding=True, return_tensors="pt")
+        enc = self.tokenizer(
+            prompts, max_length=self.hparams.max_length, truncation=True, padding=True, return_tensors="pt"
+        )
         batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         if "selected_text" in batch:
             labels = self.tokenizer(
-                batch["selected_text"], max_length=self.hparams.max_target_length, truncation=True, padding=True, return_tensors="pt"
+                batch["selected_text"],
+                max_length=self.hparams.max_target_length,
+                truncation=True,
+                padding=True,
+                return_tensors="pt",
             )["input_ids"]
             labels[labels == self.tokenizer.pad_token_id] = -100
             batch["labels"] = labels
@@ -102,7 +110,9 @@ class Seq2SeqExtractor(ExtractorModule):
 
     @torch.no_grad()
     def extract(self, batch: Batch) -> list[str]:
-        ids = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **self.generation)
+        ids = self.model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **self.generation
+        )
         decoded = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [restore_source_case(d, t) for d, t in zip(decoded, batch["text"])]
 

@@ -155,7 +155,8 @@ class SpanExtractor(ExtractorModule):
             # Every phrase was cut off by max_length: nothing to learn, and nll_loss would be 0/0.
             return start_logp.sum() * 0.0
         return 0.5 * (
-            F.nll_loss(start_logp, span[:, 0], ignore_index=IGNORE) + F.nll_loss(end_logp, span[:, 1], ignore_index=IGNORE)
+            F.nll_loss(start_logp, span[:, 0], ignore_index=IGNORE)
+            + F.nll_loss(end_logp, span[:, 1], ignore_index=IGNORE)
         )
 
     @torch.no_grad()
