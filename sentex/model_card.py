@@ -1,0 +1,93 @@
+"""The ``README.md`` model card written next to an exported model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DATA_NOTE = (
+    "Trained on the Kaggle *Tweet Sentiment Extraction* data (tweets from Figure Eight's "
+    "*Data for Everyone*, CC BY-NC-SA 4.0 as redistributed by Kaggle): check the competition "
+    "rules and that licence before any commercial use."
+)
+
+
+def _metrics_lines(metrics: dict[str, float]) -> list[str]:
+    if not metrics:
+        return ["No validation score was recorded in the checkpoint."]
+    return ["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))]
+
+
+def _how_to_load(manifest: dict[str, Any]) -> list[str]:
+    lines = [
+        "```python",
+        "import sentex.inference as si",
+        'ex = si.load("path/to/this/folder")',
+        'ex.extract(["my phone died again, worst day"], ["negative"])',
+        "```",
+        "",
+    ]
+    if manifest["dtype"] == "int8":
+        lines.append(
+            "The weights are int8 (`model.int8.safetensors`, per-row scales); only `sentex` reads them. "
+            "Plain `transformers` can read `config.json` and the tokenizer."
+        )
+    elif manifest["family"] == "span":
+        lines.append(
+            "The encoder alone loads with `transformers.AutoModel.from_pretrained(folder)`; the start/end head is "
+            "`head.safetensors` (`nn.Linear(hidden_size, 2)`) and the decoding settings are in `sentex.json`."
+        )
+    else:
+        lines.append(
+            "LoRA is merged, so `transformers.AutoModelForSeq2SeqLM.from_pretrained(folder)` loads the whole model; "
+            "prompt it with `settings.prompt_template` from `sentex.json`."
+        )
+    return lines
+
+
+def render_card(manifest: dict[str, Any]) -> str:
+    """Markdown model card: what the model does, how to load it, its metrics and limitations."""
+    family = manifest["family"]
+    what = (
+        "picks the start and end token of the phrase in the tweet, so every answer is an exact substring"
+        if family == "span"
+        else "generates the phrase from a prompt; answers are mapped back onto the tweet's spelling where possible"
+    )
+    lora = manifest.get("lora")
+    lora_line = (
+        f"LoRA r={lora['r']}, alpha={lora['alpha']} on {', '.join(lora['target_modules'])}, merged into the base."
+        if lora
+        else "Fully fine-tuned (no LoRA)."
+    )
+    lines = [
+        f"# sentex {family} extractor ({manifest['dtype']})",
+        "",
+        f"Given a tweet and its sentiment (negative, neutral, positive), returns the phrase that carries the "
+        f"sentiment. This {family} model {what}.",
+        "",
+        f"- Base model: `{manifest.get('base_model')}`",
+        f"- {lora_line}",
+        f"- Weights: {manifest['dtype']}; exported by sentex {manifest.get('sentex_version')} "
+        f"from `{manifest.get('source_checkpoint')}`.",
+        "",
+        "## How to load",
+        "",
+        *_how_to_load(manifest),
+        "",
+        "## Validation metrics",
+        "",
+        *_metrics_lines(manifest.get("metrics") or {}),
+        "",
+        "Metrics were measured on the full-precision checkpoint; `sentex bench` measures this export.",
+        "",
+        "## Limitations",
+        "",
+        "- English tweets from 2020; slang, sarcasm and other domains are handled poorly.",
+        "- Scored by word-level Jaccard, not by human judgement; neutral tweets are usually answered in full.",
+        "- The labels are crowd-sourced and noisy; do not use the output for decisions about people.",
+        "",
+        "## Data licence",
+        "",
+        DATA_NOTE,
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""``sentex.load`` on checkpoints, and the int8 storage/runtime in ``sentex.quantize``."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForSeq2SeqLM
+
+from sentex.errors import CheckpointError, SentexError
+from sentex.inference import Extractor, load
+from sentex.models import Seq2SeqExtractor, SpanExtractor
+from sentex.quantize import (
+    SCALE_SUFFIX,
+    dequantize_rows,
+    dynamic_int8,
+    load_int8_into,
+    quantizable_weights,
+    quantize_rows,
+    save_int8,
+)
+from tests.conftest import TWEETS
+
+TEXTS = [t[1] for t in TWEETS] + ["  Sooo SAD I will miss you!!!", "best. day. ever 😀😀 thanks", ""]
+SENTIMENTS = [t[3] for t in TWEETS] + ["negative", "positive", "positive"]
+
+
+def save_module(module: pl.LightningModule, path: Path, metrics: dict[str, float] | None = None) -> Path:
+    """Write a sentex checkpoint of ``module`` (through Lightning, so hooks run), optionally with a best score."""
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=path.parent)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    if metrics:
+        ckpt = torch.load(path, weights_only=True)
+        for monitor, score in metrics.items():
+            ckpt.setdefault("callbacks", {})[f"ModelCheckpoint{{'monitor': '{monitor}'}}"] = {
+                "monitor": monitor,
+                "best_model_score": torch.tensor(score),
+            }
+        torch.save(ckpt, path)
+    return path
+
+
+def span_checkpoint(path: Path, **kw) -> Path:
+    """A span model on the packaged MiniLM with a random (seeded) head."""
+    torch.manual_seed(0)
+    return save_module(SpanExtractor(max_length=32, **kw), path, {"val/jaccard": 0.625})
+
+
+def t5_checkpoint(tiny_t5: Path, path: Path) -> Path:
+    """A tiny-T5 LoRA model whose adapters are random, so merging them changes the model."""
+    torch.manual_seed(0)
+    module = Seq2SeqExtractor(
+        str(tiny_t5),
+        prompt_template="{sentiment}: {text}",
+        lora_r=4,
+        lora_target_modules=["q", "v", "wi", "wo"],
+        generation={"max_new_tokens": 6},
+    )
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    return save_module(module, path)
+
+
+@pytest.fixture(scope="module")
+def span_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return span_checkpoint(tmp_path_factory.mktemp("span") / "span.ckpt")
+
+
+def test_quantize_rows_error_is_at_most_half_a_step() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(5, 40) * torch.tensor([[0.01], [1.0], [100.0], [0.0], [3.0]])
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and q.abs().max() == 127
+    err = (dequantize_rows(q, scale) - w).abs().amax(dim=1)
+    assert torch.all(err <= scale / 2 + 1e-6)
+    assert torch.equal(q[3], torch.zeros(40, dtype=torch.int8))
+
+
+def test_int8_file_roundtrip_keeps_ties_and_t5_wo(tiny_t5: Path, tmp_path: Path) -> None:
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).eval()
+    assert model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr()  # the tiny T5 ties them
+    save_int8(model, tmp_path / "w.safetensors", keep=["wo"])
+    from safetensors.torch import load_file
+
+    raw = load_file(str(tmp_path / "w.safetensors"))
+    assert raw["encoder.block.0.layer.1.DenseReluDense.wi.weight"].dtype == torch.int8
+    assert raw["encoder.block.0.layer.1.DenseReluDense.wo.weight"].dtype == torch.float32
+    assert "lm_head.weight" not in raw and "shared.weight" + SCALE_SUFFIX in raw
+
+    fresh = AutoModelForSeq2SeqLM.from_config(model.config).eval()
+    packed = load_int8_into(fresh, tmp_path / "w.safetensors")
+    wo = "decoder.block.1.layer.2.DenseReluDense.wo.weight"
+    assert torch.equal(fresh.state_dict()[wo], model.state_dict()[wo])
+    assert torch.allclose(fresh.lm_head.weight, model.lm_head.weight, atol=0.02)
+
+    dynamic_int8(fresh, ["wo"], packed)
+    wi = fresh.encoder.block[0].layer[1].DenseReluDense.wi
+    assert type(fresh.encoder.block[0].layer[1].DenseReluDense.wo) is nn.Linear
+    assert type(wi) is not nn.Linear  # the dynamic-quantized Linear
+    assert torch.equal(wi.weight().int_repr(), packed["encoder.block.0.layer.1.DenseReluDense.wi.weight"][0])
+
+
+def test_full_range_activations_are_more_accurate() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32).eval()
+    x = torch.randn(16, 64) * 3
+    errors = {}
+    for full in (False, True):
+        q = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [], full_range=full)
+        assert type(q[0]).__name__ == ("FullRangeDynamicLinear" if full else "Linear")
+        with torch.no_grad():
+            errors[full] = (q(x) - linear(x)).abs().mean().item()
+    assert errors[True] < 0.75 * errors[False]
+
+
+def test_packing_engine_is_restored_and_outputs_agree() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16).eval()
+    before = torch.backends.quantized.engine
+    quantized = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [])
+    assert torch.backends.quantized.engine == before
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        assert torch.allclose(quantized(x), linear(x), atol=0.05)
+
+
+def test_quantizable_weights_skip_kept_modules(tiny_t5: Path) -> None:
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5)
+    keys = quantizable_weights(model, ["wo"])
+    assert "shared.weight" in keys and "encoder.block.0.layer.0.SelfAttention.q.weight" in keys
+    assert not any(k.endswith("wo.weight") for k in keys)
+    assert not any("layer_norm" in k for k in keys)
+
+
+def test_checkpoint_loads_and_predicts_like_the_module(span_ckpt: Path) -> None:
+    ex = load(span_ckpt)
+    assert isinstance(ex, Extractor) and ex.family == "span"
+    assert ex.info["metrics"] == {"val/jaccard": 0.625}
+    assert ex.info["base_model"] == "packaged:all-MiniLM-L6-v2" and ex.info["hyper_parameters"]["max_length"] == 32
+    module = SpanExtractor.load_from_checkpoint(span_ckpt, map_location="cpu").eval()
+    rows = [{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)]
+    expected = module.extract(module.collate(rows))
+    assert ex.extract(TEXTS, SENTIMENTS, batch_size=4) == expected
+    assert all(p in t for p, t in zip(expected, TEXTS))
+
+
+def test_batching_by_length_keeps_input_order(span_ckpt: Path) -> None:
+    ex = load(span_ckpt)
+    one_by_one = [ex.extract([t], [s])[0] for t, s in zip(TEXTS, SENTIMENTS)]
+    assert ex.extract(TEXTS, SENTIMENTS, batch_size=3) == one_by_one
+    assert ex.extract(TEXTS[::-1], SENTIMENTS[::-1], batch_size=16) == one_by_one[::-1]
+
+
+def test_bad_inputs_are_one_line_errors(span_ckpt: Path) -> None:
+    ex = load(span_ckpt)
+    with pytest.raises(SentexError, match="2 texts but 1 sentiments"):
+        ex.extract(["a", "b"], ["neutral"])
+    with pytest.raises(SentexError, match="row 1: sentiment 'happy' is not one of"):
+        ex.extract(["a", "b"], ["neutral", "happy"])
+    with pytest.raises(SentexError, match="takes no generation settings"):
+        ex.extract(["a"], ["neutral"], num_beams=2)
+    with pytest.raises(SentexError, match="batch_size must be at least 1"):
+        ex.extract(["a"], ["neutral"], batch_size=0)
+    assert ex.extract([], []) == []
+
+
+def test_seq2seq_generation_settings_apply_per_call(tiny_t5: Path, tmp_path: Path) -> None:
+    ex = load(t5_checkpoint(tiny_t5, tmp_path / "t5.ckpt"))
+    assert ex.family == "seq2seq"
+    before = dict(ex.runner.generation)
+    short = ex.extract(TEXTS[:4], SENTIMENTS[:4], max_new_tokens=1)
+    assert all(len(p) <= 4 for p in short)  # one token of the byte-level tokenizer is at most one character
+    assert ex.runner.generation == before
+
+
+def test_missing_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load(tmp_path / "nope.ckpt")
+    (tmp_path / "bad.ckpt").write_bytes(b"not a zip at all")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load(tmp_path / "bad.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a sentex checkpoint"):
+        load(tmp_path / "other.ckpt")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CheckpointError, match="not a sentex export"):
+        load(tmp_path / "folder")
