@@ -170,6 +170,46 @@ def test_seq2seq_reference_is_the_merged_sft_model(
         assert torch.allclose(model.pair_log_probs(batch, reference=True)[0], expected, atol=1e-4)
 
 
+def test_seq2seq_dpo_checkpoint_is_a_plain_seq2seq_checkpoint(
+    tiny_t5: Path, seq_sft: Path, tweets_csv: Path, tmp_path: Path
+) -> None:
+    """SFT + policy adapters are stacked into one adapter of the base: same scores, loads anywhere, resumes."""
+    from sentex.export import export
+    from sentex.inference import load
+
+    torch.manual_seed(0)
+    settings = dict(model_name_or_path=str(tiny_t5), lora_r=4, lora_target_modules=["q", "v"])
+    model = DPOSeq2SeqExtractor(sft_checkpoint=str(seq_sft), learning_rate=3e-3, warmup_steps=0, num_pairs=8,
+                                pair_mix={"grow": 1, "cut": 1}, **settings)  # fmt: skip
+    fit_steps(model, tweets_csv, tmp_path, steps=3)  # the policy adapter is no longer zero
+    path = save_sft(model.eval(), tmp_path / "dpo.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["sentex"]["family"] == "seq2seq" and ckpt["hyper_parameters"]["lora_r"] == 8
+    assert "sft_checkpoint" not in ckpt["hyper_parameters"]
+    plain = Seq2SeqExtractor.load_from_checkpoint(path, weights_only=True).eval()
+    rows = [{"textID": "x", "text": t[1], "sentiment": t[3], "selected_text": t[2], "rejected": t[1]} for t in TWEETS]
+    batch = model.collate(rows)
+    with torch.no_grad():
+        expected, _ = model.pair_log_probs(batch, reference=False)
+        sft_scores, _ = model.pair_log_probs(batch, reference=True)
+        got = plain.sequence_log_probs(batch, batch["labels"])
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(expected, sft_scores, atol=1e-3)  # DPO moved it: the check can fail
+    # export merges the stacked adapter like any LoRA model; the result predicts as the DPO policy did
+    export(path, tmp_path / "exported", "fp32")
+    exported = load(tmp_path / "exported")
+    assert exported.info["lora"]["r"] == 8
+    texts, sentiments = [t[1] for t in TWEETS], [t[3] for t in TWEETS]
+    assert exported.extract(texts, sentiments) == load(path).extract(texts, sentiments)
+    # resuming align gets back the policy adapter it trained (the SFT half is merged into the base)
+    again = DPOSeq2SeqExtractor(sft_checkpoint=str(seq_sft), **settings)
+    again.on_load_checkpoint(ckpt)
+    again.load_state_dict(ckpt["state_dict"], strict=False)
+    for name, value in model.state_dict().items():
+        if "lora_" in name:
+            assert torch.allclose(again.state_dict()[name], value, atol=1e-6), name
+
+
 # --- the CLI ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_align_end_to_end(span_sft: Path, tmp_path: Path) -> None:

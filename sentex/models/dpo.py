@@ -10,8 +10,10 @@ the reference should be the model that produced the preference distribution).
   and export load them like any span model, without the SFT file.
 * :class:`DPOSeq2SeqExtractor` — the SFT LoRA adapter is merged into the base, a fresh LoRA
   adapter is the policy, and reference log-probabilities are computed with that adapter disabled:
-  one copy of the big model in memory. Its checkpoints hold only the new adapter (family
-  ``dpo-seq2seq``) and need the SFT checkpoint to be rebuilt.
+  one copy of the big model in memory. Its checkpoints store the SFT adapter and the policy
+  adapter stacked into one adapter of the base (:func:`~sentex.models.lora.stack_lora`), with
+  plain seq2seq hyper-parameters: an ordinary ``seq2seq`` checkpoint that predict, export and
+  ``sentex.inference`` load without the SFT file.
 
 When a fit starts, the module replaces the data module's training tweets by preference pairs
 (:mod:`sentex.pairs`); validation rows stay labelled tweets, so the ``val/jaccard`` family is
@@ -38,7 +40,7 @@ from sentex.dpo import LOSS_TYPES, dpo_loss, over_extracted, reward_stats, under
 from sentex.errors import CheckpointError, DataError, NonFiniteLossError
 from sentex.metrics import _MeanTextScore
 from sentex.models.base import Batch
-from sentex.models.lora import apply_lora
+from sentex.models.lora import apply_lora, stack_lora, unstack_lora
 from sentex.models.seq2seq import Seq2SeqExtractor
 from sentex.models.span import IGNORE, SpanExtractor, gather_span_log_probs
 from sentex.pairs import PreferencePair, build_pairs, mine_on_policy, quotas, read_pairs, write_pairs
@@ -353,16 +355,49 @@ class DPOSeq2SeqExtractor(DPOMixin, Seq2SeqExtractor):
     ones, which must match the SFT model's; the new policy adapter reuses its rank, alpha and targets.
     """
 
-    family = "dpo-seq2seq"
+    family = "seq2seq"  # checkpoints are ordinary seq2seq LoRA checkpoints (see on_save_checkpoint)
 
     def load_sft(self, path: str) -> None:
         hp = self.hparams
         if hp.lora_r is None:
             raise ValueError("seq2seq DPO needs a LoRA SFT model (model.lora_r is null)")
-        self.load_state_dict(load_sft_state(path, "seq2seq", self.trainable_state_keys()), strict=False)
+        keys = self.trainable_state_keys()
+        state = load_sft_state(path, "seq2seq", keys)
+        self.load_state_dict(state, strict=False)
+        # Kept (a few MB) to write self-contained checkpoints: SFT and policy adapters stacked.
+        self._sft_adapter = {k: state[k].detach().float().clone() for k in keys}
         merged = self.model.merge_and_unload()  # SFT weights folded into the base: the frozen reference
         targets = hp.lora_target_modules or ["q", "v"]
         self.model = apply_lora(merged, hp.lora_r, hp.lora_alpha, hp.lora_dropout, targets, "SEQ_2_SEQ_LM").train()
+
+    @property
+    def lora_scale(self) -> float:
+        """peft's LoRA scaling ``alpha / r``, the same for the SFT and the policy adapter."""
+        return self.hparams.lora_alpha / self.hparams.lora_r
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Write an ordinary seq2seq checkpoint: one rank-2r adapter of the *base* model.
+
+        The policy adapter sits on the base with the SFT adapter merged in, so ``W + s·B1A1 + s·B2A2``
+        is what the model computes; :func:`stack_lora` writes that as a single adapter (alpha = rank,
+        scales folded into B). Resuming ``sentex align`` splits the policy half back out.
+        """
+        super().on_save_checkpoint(checkpoint)
+        policy = {k: v.detach().float() for k, v in checkpoint["state_dict"].items()}
+        checkpoint["state_dict"] = stack_lora(self._sft_adapter, policy, self.lora_scale, self.lora_scale)
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k not in DPO_ARGS}
+        rank = 2 * self.hparams.lora_r
+        hparams.update(lora_r=rank, lora_alpha=rank)
+        if "_class_path" in hparams:
+            hparams["_class_path"] = f"{Seq2SeqExtractor.__module__}.{Seq2SeqExtractor.__name__}"
+        checkpoint["hyper_parameters"] = hparams
+        checkpoint["sentex"]["dpo"]["stacked_lora"] = {"policy_rank": self.hparams.lora_r, "scale": self.lora_scale}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stacked = ((checkpoint.get("sentex") or {}).get("dpo") or {}).get("stacked_lora")
+        if stacked:  # resuming align: train the policy half on, on top of the merged SFT model
+            checkpoint["state_dict"] = unstack_lora(checkpoint["state_dict"], stacked["policy_rank"], stacked["scale"])
+        super().on_load_checkpoint(checkpoint)
 
     def collate_pairs(self, rows: list[dict[str, Any]]) -> Batch:
         batch = Seq2SeqExtractor.collate(self, rows)  # prompt + chosen labels
