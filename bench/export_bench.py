@@ -1,4 +1,4 @@
-"""Reproduce the export acceptance table: export a span checkpoint as fp32/bf16/int8 and bench them.
+"""Reproduce the export acceptance table: export a span checkpoint as fp32/int8/int4/bf16 and bench them.
 
     python bench/export_bench.py --ckpt_path lightning_logs/version_0/checkpoints/best-....ckpt \\
         --train_path /path/to/train.csv --work /tmp/exports
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--train_path", required=True)
     parser.add_argument("--work", default="/tmp/exports")
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16", "int8"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "int8", "int4", "bf16"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()

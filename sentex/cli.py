@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import pickle
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ class SentexCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
+        if Path(ckpt_path).is_dir():
+            raise CheckpointError(
+                f"{ckpt_path}: a folder, not a checkpoint; exported folders run with validate, test"
+                f" and predict, '{subcommand}' needs a .ckpt"
+            )
         if not Path(ckpt_path).is_file():
             raise CheckpointError(f"{ckpt_path}: checkpoint not found")
         checkpoint = read_checkpoint(ckpt_path)
@@ -161,6 +167,48 @@ def check_family(path: str | Path, checkpoint: dict[str, Any], class_path: str |
         )
 
 
+# Subcommands that can run an exported folder (``--ckpt_path <folder>``) instead of a checkpoint.
+INFERENCE_COMMANDS = ("validate", "test", "predict")
+EXPORTED_MODEL = "sentex.models.ExportedExtractor"
+
+
+def route_exported_model(argv: list[str]) -> list[str]:
+    """Turn ``validate|test|predict --ckpt_path <folder>`` into ``--model ExportedExtractor --model.path <folder>``.
+
+    An exported folder has no Lightning checkpoint to restore; it *is* the model. The model options
+    go last so they replace whatever model a ``--config`` named.
+
+    >>> import json, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = (Path(folder) / "sentex.json").write_text(json.dumps({"family": "span", "dtype": "int8", "settings": {}}))
+    >>> route_exported_model(["predict", "--ckpt_path", folder, "--data.predict_path", "t.csv"])[1:] == [
+    ...     "--data.predict_path", "t.csv", f"--model={EXPORTED_MODEL}", f"--model.path={folder}"]
+    True
+    >>> route_exported_model(["predict", "--ckpt_path", "best.ckpt"])
+    ['predict', '--ckpt_path', 'best.ckpt']
+    """
+    if not argv or argv[0] not in INFERENCE_COMMANDS:
+        return argv
+    rest, folder, i = [argv[0]], None, 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ckpt_path" and i + 1 < len(argv) and Path(argv[i + 1]).is_dir():
+            folder, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--ckpt_path=") and Path(arg.split("=", 1)[1]).is_dir():
+            folder, i = arg.split("=", 1)[1], i + 1
+            continue
+        rest.append(arg)
+        i += 1
+    if folder is None:
+        return rest
+    # Checked here: a failure inside the model's constructor reaches the user wrapped in a parser error.
+    from sentex.inference import read_manifest
+
+    read_manifest(Path(folder))
+    return [*rest, f"--model={EXPORTED_MODEL}", f"--model.path={folder}"]
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``sentex`` console script."""
     logging.basicConfig(level=logging.WARNING, format="sentex: %(levelname)s: %(message)s")
@@ -170,13 +218,17 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in extra:
             importlib.import_module(extra[argv[0]][0]).main(argv[1:])
             return
+        routed = route_exported_model(argv)
+        # ``args`` is how sentex hands LightningCLI a rewritten argv; the warning targets scripts.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         SentexCLI(
             ExtractorModule,
             TweetDataModule,
             subclass_mode_model=True,
             seed_everything_default=42,
             save_config_kwargs={"overwrite": True},
-            args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself (no warning)
+            # None: LightningCLI reads sys.argv itself (no warning about ``args``)
+            args=None if args is None and routed == argv else routed,
         )
     except SentexError as err:
         print(f"sentex: error: {err}", file=sys.stderr)

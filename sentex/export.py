@@ -7,6 +7,7 @@ Layout of the folder::
     config.json              transformers config (encoder for span, full model for seq2seq)
     model.safetensors        fp32 / fp16 / bf16 weights (plain ``from_pretrained`` loads them)
     model.int8.safetensors   int8 weights instead, for dtype int8 (see :mod:`sentex.quantize`)
+    model.int4.safetensors   4-bit weights instead, for dtype int4 (see :mod:`sentex.int4`)
     head.safetensors         span only: start/end head ``nn.Linear(hidden, 2)``, float32
     tokenizer files
 
@@ -35,11 +36,13 @@ from torch import nn
 from sentex import __version__
 from sentex.errors import SentexError
 from sentex.inference import HEAD_WEIGHTS, MANIFEST, TORCH_DTYPES, checkpoint_metrics, module_from_checkpoint
+from sentex.int4 import GROUP_SIZE, INT4_WEIGHTS, save_int4
 from sentex.model_card import render_card
 from sentex.models import ExtractorModule
 from sentex.quantize import INT8_WEIGHTS, KEEP_FP32, save_int8
 
-DTYPES = (*TORCH_DTYPES, "int8")
+DTYPES = (*TORCH_DTYPES, "int8", "int4")
+WEIGHT_FILES = {"int8": INT8_WEIGHTS, "int4": INT4_WEIGHTS}
 
 
 def merged_network(module: ExtractorModule) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -82,13 +85,21 @@ def build_manifest(module: ExtractorModule, ckpt: dict[str, Any], lora: dict | N
             "runtime": "torch dynamic int8 Linear (quantize_dynamic, per-channel weights); embeddings float32",
             "kept_fp32": list(KEEP_FP32[module.family]),
         }
+    elif dtype == "int4":
+        quantization = {
+            "storage": f"asymmetric 4-bit weights in groups of {GROUP_SIZE} + float32 scale/offset"
+            " (Linear and Embedding)",
+            "runtime": "torch int4 weight-only Linear (_weight_int4pack_mm_for_cpu, bf16 activations);"
+            " embeddings float32",
+            "kept_fp32": list(KEEP_FP32[module.family]),
+        }
     return {
         "format": "sentex-export",
         "format_version": 1,
         "family": module.family,
         "base_model": hparams.get("model_name_or_path"),
         "dtype": dtype,
-        "weights": INT8_WEIGHTS if dtype == "int8" else "model.safetensors",
+        "weights": WEIGHT_FILES.get(dtype, "model.safetensors"),
         "lora": lora,
         "settings": settings_of(module),
         "quantization": quantization,
@@ -101,10 +112,13 @@ def build_manifest(module: ExtractorModule, ckpt: dict[str, Any], lora: dict | N
 
 
 def write_weights(network: nn.Module, folder: Path, dtype: str, family: str) -> None:
-    """Write the transformers part: ``save_pretrained`` for float dtypes, int8 safetensors otherwise."""
+    """Write the transformers part: ``save_pretrained`` for float dtypes, sentex's int8/int4 safetensors otherwise."""
     if dtype == "int8":
         network.config.save_pretrained(folder)
         save_int8(network, folder / INT8_WEIGHTS, KEEP_FP32[family])
+    elif dtype == "int4":
+        network.config.save_pretrained(folder)
+        save_int4(network, folder / INT4_WEIGHTS, KEEP_FP32[family])
     else:
         network.to(TORCH_DTYPES[dtype]).save_pretrained(folder, safe_serialization=True)
 

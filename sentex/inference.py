@@ -27,6 +27,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from sentex.errors import CheckpointError, SentexError
+from sentex.int4 import INT4_WEIGHTS, int4_linears, load_int4_into
 from sentex.metrics import SENTIMENTS
 from sentex.models import ExtractorModule, Seq2SeqExtractor, SpanExtractor
 from sentex.quantize import INT8_WEIGHTS, KEEP_FP32, dynamic_int8, load_int8_into
@@ -225,16 +226,19 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise CheckpointError(f"{file}: manifest has no '{field}' entry")
     if manifest["family"] not in FAMILIES:
         raise CheckpointError(f"{file}: unknown model family {manifest['family']!r}")
-    if manifest["dtype"] not in (*TORCH_DTYPES, "int8"):
+    if manifest["dtype"] not in (*TORCH_DTYPES, "int8", "int4"):
         raise CheckpointError(f"{file}: unknown dtype {manifest['dtype']!r}")
     return manifest
 
 
 def load_network(folder: Path, auto_class: Any, family: str, dtype: str) -> nn.Module:
-    """The transformers model of an export, in eval mode; int8 gets dynamic-quantized Linears."""
-    if dtype != "int8":
+    """The transformers model of an export, in eval mode; int8 / int4 get quantized Linears."""
+    if dtype in TORCH_DTYPES:
         return auto_class.from_pretrained(folder, dtype=TORCH_DTYPES[dtype]).eval()
     model = auto_class.from_config(AutoConfig.from_pretrained(folder))
+    if dtype == "int4":
+        quantized, _ = load_int4_into(model, folder / INT4_WEIGHTS)
+        return int4_linears(model.eval(), quantized)
     packed = load_int8_into(model, folder / INT8_WEIGHTS)
     return dynamic_int8(model.eval(), KEEP_FP32[family], packed)
 

@@ -26,9 +26,10 @@ def _how_to_load(manifest: dict[str, Any]) -> list[str]:
         "```",
         "",
     ]
-    if manifest["dtype"] == "int8":
+    if manifest["dtype"] in ("int8", "int4"):
+        detail = "per-row scales" if manifest["dtype"] == "int8" else "groups of 32 with scale and offset"
         lines.append(
-            "The weights are int8 (`model.int8.safetensors`, per-row scales); only `sentex` reads them. "
+            f"The weights are {manifest['dtype']} (`{manifest.get('weights')}`, {detail}); only `sentex` reads them. "
             "Plain `transformers` can read `config.json` and the tokenizer."
         )
     elif manifest["family"] == "span":

@@ -15,9 +15,10 @@ from sentex.cli import main as cli_main
 from sentex.errors import CheckpointError, SentexError
 from sentex.export import export, folder_size
 from sentex.inference import load
+from sentex.int4 import Int4Linear
 from tests.test_inference import SENTIMENTS, TEXTS, span_checkpoint, t5_checkpoint
 
-DTYPES = ["fp32", "fp16", "bf16", "int8"]
+DTYPES = ["fp32", "fp16", "bf16", "int8", "int4"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,10 @@ def test_t5_every_dtype_exports_and_generates(dtype: str, t5_ckpt: Path, tmp_pat
         ffn = ex.runner.model.decoder.block[0].layer[2].DenseReluDense
         assert type(ffn.wo) is nn.Linear and ffn.wo.weight.dtype == torch.float32  # transformers #20287
         assert type(ffn.wi) is not nn.Linear
+    elif dtype == "int4":
+        ffn = ex.runner.model.decoder.block[0].layer[2].DenseReluDense
+        assert type(ffn.wo) is nn.Linear and ffn.wo.weight.dtype == torch.float32
+        assert type(ffn.wi) is Int4Linear
     else:
         assert ex.runner.model.dtype == {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
@@ -100,6 +105,22 @@ def test_int8_is_a_third_of_fp32_on_disk_and_close_in_output(span_exports: dict[
     cos = nn.functional.cosine_similarity(want.last_hidden_state, got.last_hidden_state, dim=-1)
     cos = cos[batch["attention_mask"].bool()]
     assert cos.mean() > 0.97 and cos.min() > 0.85
+
+
+def test_int4_is_smaller_than_int8_and_close_in_output(span_exports: dict[str, Path]) -> None:
+    """Group-wise 4-bit: under a quarter of fp32 on disk; hidden states still point the same way."""
+    assert folder_size(span_exports["int4"]) <= 0.25 * folder_size(span_exports["fp32"])
+    assert folder_size(span_exports["int4"]) < folder_size(span_exports["int8"])
+    manifest = json.loads((span_exports["int4"] / "sentex.json").read_text())
+    assert manifest["weights"] == "model.int4.safetensors" and "groups of 32" in manifest["quantization"]["storage"]
+    full, small = load(span_exports["fp32"]), load(span_exports["int4"])
+    assert type(small.runner.encoder.encoder.layer[0].attention.self.query) is Int4Linear
+    batch = full.runner.collate([{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)])
+    with torch.no_grad():
+        want = full.runner.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        got = small.runner.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    cos = nn.functional.cosine_similarity(want.last_hidden_state, got.last_hidden_state, dim=-1)
+    assert cos[batch["attention_mask"].bool()].mean() > 0.9
 
 
 def test_manifest_and_model_card(span_exports: dict[str, Path], span_ckpt: Path) -> None:
@@ -186,3 +207,45 @@ def test_cli_export_prints_size(span_ckpt: Path, tmp_path: Path, capsys: pytest.
     cli_main(["export", "--ckpt_path", str(span_ckpt), "--out", str(tmp_path / "m"), "--dtype", "bf16"])
     out = capsys.readouterr().out
     assert "exported span model (bf16" in out and load(tmp_path / "m").info["dtype"] == "bf16"
+
+
+# --- validate / test / predict on an exported folder ----------------------------------------------
+def _run(*args: str) -> None:
+    cli_main([*args, "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_predict_and_test_take_an_exported_folder(dtype: str, span_exports: dict[str, Path], tmp_path: Path) -> None:
+    import csv
+
+    from tests.conftest import TWEETS, write_rows
+
+    data = write_rows(tmp_path / "tweets.csv", TWEETS)
+    folder = str(span_exports[dtype])
+    _run("predict", "--ckpt_path", folder, "--data.predict_path", str(data), "--trainer.default_root_dir",
+         str(tmp_path), "--submission.output_path", str(tmp_path / "sub.csv"))  # fmt: skip
+    with open(tmp_path / "sub.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["textID"] for r in rows] == [t[0] for t in TWEETS]  # input order, every row
+    assert [r["selected_text"] for r in rows] == load(folder).extract([t[1] for t in TWEETS], [t[3] for t in TWEETS])
+    _run("test", "--ckpt_path", folder, "--data.test_path", str(data), "--trainer.default_root_dir", str(tmp_path))
+    with open(tmp_path / "test_predictions.csv", encoding="utf-8") as f:
+        report = list(csv.DictReader(f))
+    assert len(report) == len(TWEETS) and all(r["prediction"] in r["text"] for r in report)
+
+
+def test_exported_folder_misuse_is_a_one_line_error(
+    span_exports: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from tests.conftest import TWEETS, write_rows
+
+    data = str(write_rows(tmp_path / "tweets.csv", TWEETS))
+    for args, message in [
+        (["predict", "--ckpt_path", str(tmp_path), "--data.predict_path", data], "not a sentex export (no sentex"),
+        (["fit", "--ckpt_path", str(span_exports["fp32"]), "--model", "sentex.models.SpanExtractor",
+          "--data.train_path", data], "a folder, not a checkpoint"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and message in err and "Traceback" not in err

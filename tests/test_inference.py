@@ -13,6 +13,16 @@ from transformers import AutoModelForSeq2SeqLM
 
 from sentex.errors import CheckpointError, SentexError
 from sentex.inference import Extractor, load
+from sentex.int4 import (
+    Int4Linear,
+    dequantize_groups,
+    int4_linears,
+    load_int4_into,
+    pack_nibbles,
+    quantize_groups,
+    save_int4,
+    unpack_nibbles,
+)
 from sentex.models import Seq2SeqExtractor, SpanExtractor
 from sentex.quantize import (
     SCALE_SUFFIX,
@@ -105,6 +115,37 @@ def test_int8_file_roundtrip_keeps_ties_and_t5_wo(tiny_t5: Path, tmp_path: Path)
     assert type(fresh.encoder.block[0].layer[1].DenseReluDense.wo) is nn.Linear
     assert type(wi) is not nn.Linear  # the dynamic-quantized Linear
     assert torch.equal(wi.weight().int_repr(), packed["encoder.block.0.layer.1.DenseReluDense.wi.weight"][0])
+
+
+def test_int4_groups_error_is_at_most_half_a_step_and_file_roundtrips(tiny_t5: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(6, 64) * torch.tensor([[0.01], [1.0], [100.0], [0.0], [3.0], [-2.0]])
+    codes, scale, zero = quantize_groups(w)
+    assert codes.max() <= 15 and scale.shape == (6, 2)
+    err = (dequantize_groups(codes, scale, zero) - w).abs().reshape(6, 2, 32).amax(dim=-1)
+    assert torch.all(err <= scale / 2 + 1e-5)
+    assert torch.equal(unpack_nibbles(pack_nibbles(codes)), codes)
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).eval()
+    save_int4(model, tmp_path / "w4.safetensors", keep=["wo"])
+    fresh = AutoModelForSeq2SeqLM.from_config(model.config).eval()
+    quantized, group = load_int4_into(fresh, tmp_path / "w4.safetensors")
+    wi = "encoder.block.0.layer.1.DenseReluDense.wi.weight"
+    wo = "decoder.block.1.layer.2.DenseReluDense.wo.weight"
+    assert group == 32 and wi in quantized and wo not in quantized
+    assert torch.equal(fresh.state_dict()[wo], model.state_dict()[wo])
+    shared = "shared.weight"  # tied to lm_head and stored once; 4-bit error within half a group step
+    assert torch.allclose(fresh.lm_head.weight, fresh.shared.weight)
+    half_step = quantized[shared][1].repeat_interleave(32, dim=1) / 2
+    assert torch.all((fresh.shared.weight - model.shared.weight).abs() <= half_step + 1e-5)
+    # the packed-kernel Linear computes what the dequantized float Linear computes (bf16 activations)
+    linear = fresh.encoder.block[0].layer[1].DenseReluDense.wi
+    x = torch.randn(5, 3, linear.in_features)
+    four = Int4Linear(*quantized[wi], linear.bias)
+    torch.testing.assert_close(four(x), linear(x), atol=0.05, rtol=0.05)
+    int4_linears(fresh, quantized)
+    assert type(fresh.encoder.block[0].layer[1].DenseReluDense.wi) is Int4Linear
+    assert type(fresh.encoder.block[0].layer[1].DenseReluDense.wo) is nn.Linear
 
 
 def test_full_range_activations_are_more_accurate() -> None:

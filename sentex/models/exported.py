@@ -1,0 +1,62 @@
+"""An exported model folder (``sentex export``) as a LightningModule, for validate / test / predict.
+
+    sentex predict --ckpt_path models/sentex-int8 --data.predict_path data/test.csv
+    sentex test    --ckpt_path models/sentex-int8 --data.test_path data/labelled.csv
+
+``--ckpt_path`` naming a folder is rewritten by the CLI to ``--model ExportedExtractor --model.path``
+(:func:`sentex.cli.route_exported_model`), so the Trainer, the data module, the submission writer,
+the per-row test report and the metrics are the same as for a checkpoint; only the weights come from
+the export (merged, cast or int8) through :func:`sentex.inference.load_folder`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sentex.errors import SentexError
+from sentex.models.base import Batch, ExtractorModule
+
+
+class ExportedExtractor(ExtractorModule):
+    """Inference over an exported folder; it cannot be trained (fit a checkpoint instead).
+
+    Args:
+        path: folder written by ``sentex export`` (holds ``sentex.json``).
+    """
+
+    family = "exported"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(learning_rate=0.0, weight_decay=0.0, warmup_steps=0)
+        self.save_hyperparameters()
+        from sentex.inference import load_folder  # sentex.inference imports the model families
+
+        extractor = load_folder(Path(path))
+        self.runner = extractor.runner
+        self.info = extractor.info
+        self.family = extractor.family  # what the folder holds: span or seq2seq
+
+    def collate(self, rows: list[dict[str, Any]]) -> Batch:
+        return self.runner.collate(rows)
+
+    @torch.no_grad()
+    def extract(self, batch: Batch) -> list[str]:
+        return self.runner.extract(batch)
+
+    def _evaluate(self, batch: Batch, metrics, stage: str) -> list[str]:
+        # An export keeps what inference needs, not the training loss: metrics only.
+        preds = self.extract(batch)
+        metrics.update(preds, batch["selected_text"], batch["sentiment"])
+        return preds
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        raise SentexError(
+            f"{self.hparams.path}: an exported model is for inference only; "
+            "fit from its checkpoint (sentex fit --ckpt_path <.ckpt>) instead"
+        )
+
+    def configure_optimizers(self) -> Any:
+        raise SentexError(f"{self.hparams.path}: an exported model is for inference only; it cannot be fit")
