@@ -19,6 +19,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from sentex.errors import DataError
+from sentex.metrics import SENTIMENTS
 from sentex.sampling import LengthBucketBatchSampler, ResumableRandomSampler
 from sentex.tweets import read_tweets
 
@@ -39,6 +40,8 @@ class TweetDataModule(pl.LightningDataModule):
         strict: fail on rows that are otherwise skipped and counted (empty text, phrase not in text).
         max_train_rows: use only the first N training rows (quick experiments).
         bucket_by_length: batch training rows of similar length together (faster; single process only).
+        train_sentiments: train only on rows of these sentiments (validation and test keep every row),
+            e.g. ``[positive, negative]`` when the model answers neutral tweets by rule.
 
     The training order is a pure function of the seed and the epoch, and the data module's
     checkpoint state records how far into the epoch training got, so a run resumed from a
@@ -59,10 +62,14 @@ class TweetDataModule(pl.LightningDataModule):
         strict: bool = False,
         max_train_rows: int | None = None,
         bucket_by_length: bool = False,
+        train_sentiments: list[str] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        unknown = sorted(set(train_sentiments or []) - set(SENTIMENTS))
+        if unknown or train_sentiments == []:
+            raise DataError(f"data.train_sentiments must name some of {', '.join(SENTIMENTS)}, got {train_sentiments}")
         self.save_hyperparameters()
         self.datasets: dict[str, Dataset] = {}
         self._resume_epoch, self._resume_batches = 0, 0
@@ -85,7 +92,7 @@ class TweetDataModule(pl.LightningDataModule):
             if "val" not in self.datasets:
                 self.datasets["val"] = self._load(hp.val_path, "data.val_path", labels=True)
             if need_train and "train" not in self.datasets:
-                self.datasets["train"] = self._limit(self._load(hp.train_path, "data.train_path", labels=True))
+                self.datasets["train"] = self._training_rows(self._load(hp.train_path, "data.train_path", labels=True))
             return
         if "train" in self.datasets:
             return
@@ -93,7 +100,8 @@ class TweetDataModule(pl.LightningDataModule):
         if len(full) < 2:
             raise DataError(f"{hp.train_path}: need at least 2 rows to split off validation rows")
         split = full.train_test_split(test_size=hp.val_fraction, seed=hp.split_seed)
-        self.datasets["train"], self.datasets["val"] = self._limit(split["train"]), split["test"]
+        # Filtering after the split keeps the validation rows those of any other run with this split_seed.
+        self.datasets["train"], self.datasets["val"] = self._training_rows(split["train"]), split["test"]
 
     def _load(self, path: str | None, option: str, labels: bool) -> Dataset:
         if not path:
@@ -101,8 +109,15 @@ class TweetDataModule(pl.LightningDataModule):
         table = read_tweets(path, require_labels=labels, strict=self.hparams.strict)
         return Dataset.from_dict(table.columns)
 
-    def _limit(self, train: Dataset) -> Dataset:
-        n = self.hparams.max_train_rows
+    def _training_rows(self, train: Dataset) -> Dataset:
+        """``train_sentiments`` filter, then the ``max_train_rows`` cut."""
+        hp = self.hparams
+        if hp.train_sentiments:
+            keep = set(hp.train_sentiments)
+            train = train.select([i for i, s in enumerate(train["sentiment"]) if s in keep])
+            if len(train) == 0:
+                raise DataError(f"{hp.train_path}: no training rows with sentiment {', '.join(sorted(keep))}")
+        n = hp.max_train_rows
         return train.select(range(min(len(train), n))) if n else train
 
     def state_dict(self) -> dict[str, Any]:

@@ -23,6 +23,20 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_linear(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier: linear warm-up from 0 to 1, then linear decay to 0 at ``total_steps``.
+
+    >>> warmup_linear(5, 10, 110), warmup_linear(10, 10, 110), warmup_linear(60, 10, 110), warmup_linear(110, 10, 110)
+    (0.5, 1.0, 0.5, 0.0)
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return step / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+SCHEDULES = {"cosine": warmup_cosine, "linear": warmup_linear}
+
+
 def param_groups(module: nn.Module, weight_decay: float, lr_overrides: dict[str, float] | None = None) -> list[dict]:
     """Trainable parameters split by weight decay (none on biases and norms) and by learning rate.
 
@@ -51,10 +65,12 @@ def build_optimizer(
     warmup_steps: int,
     total_steps: int,
     lr_overrides: dict[str, float] | None = None,
+    schedule: str = "cosine",
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW plus a warm-up/cosine ``LambdaLR`` meant to be stepped once per optimizer step."""
+    """AdamW plus a warm-up then ``cosine`` or ``linear`` decay ``LambdaLR``, stepped once per optimizer step."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"learning-rate schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    decay = SCHEDULES[schedule]
     optimizer = torch.optim.AdamW(param_groups(module, weight_decay, lr_overrides), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: decay(step, warmup_steps, total_steps))
     return optimizer, scheduler

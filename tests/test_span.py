@@ -11,7 +11,7 @@ import torch
 
 from sentex.errors import CheckpointError
 from sentex.models import Seq2SeqExtractor, SpanExtractor
-from sentex.models.span import best_spans
+from sentex.models.span import IGNORE, best_spans, smoothed_span_nll
 from tests.conftest import TWEETS
 
 HARD_TWEETS = [
@@ -61,6 +61,38 @@ def test_best_spans_respects_order_band_and_mask() -> None:
     # best allowed start is 1; ends before the start (0) and outside the tweet (4) are excluded
     assert best_spans(logp, end, allowed, max_span=8).tolist() == [[1, 3]]
     assert best_spans(logp, end, allowed, max_span=2).tolist() == [[1, 2]]
+
+
+def test_smoothed_nll_is_plain_nll_at_zero_and_never_smooths_onto_masked_tokens() -> None:
+    torch.manual_seed(0)
+    allowed = torch.tensor([[False, True, True, True, False], [False, True, True, False, False]])
+    logits = torch.randn(2, 5).masked_fill(~allowed, -1e4).requires_grad_()
+    logp = torch.log_softmax(logits, dim=-1)
+    target = torch.tensor([2, IGNORE])
+    plain = torch.nn.functional.nll_loss(logp, target, ignore_index=IGNORE)
+    torch.testing.assert_close(smoothed_span_nll(logp, target, allowed, 0.0), plain)
+    smoothed = smoothed_span_nll(logp, target, allowed, 0.1)
+    smoothed.backward()
+    # the smoothing target is uniform over the 3 tweet tokens of row 0: its softmax gradient vanishes there
+    p = logp[0].exp().detach()
+    want = p - (0.9 * torch.nn.functional.one_hot(torch.tensor(2), 5) + 0.1 * allowed[0].float() / 3)
+    torch.testing.assert_close(logits.grad[0], want, atol=1e-6, rtol=0)
+    assert torch.all(logits.grad[1] == 0)  # an IGNORE row contributes nothing
+
+
+def test_linear_schedule_decays_to_zero() -> None:
+    from sentex.optim import build_optimizer
+
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = build_optimizer(model, 1e-3, 0.0, warmup_steps=2, total_steps=10, schedule="linear")
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:3] == [0.0, 5e-4, 1e-3] and lrs[6] == pytest.approx(5e-4) and optimizer.param_groups[0]["lr"] == 0.0
+    with pytest.raises(ValueError, match="lr_schedule must be one of cosine, linear"):
+        SpanExtractor(lr_schedule="step")
 
 
 def test_packaged_model_loads_with_network_off(tmp_path: Path) -> None:

@@ -83,6 +83,24 @@ def test_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
     assert split(7)[1] != val
 
 
+def test_train_sentiments_filter_training_rows_only(tmp_path: Path) -> None:
+    sentiments = ["negative", "neutral", "positive"]
+    rows = [(f"id{i}", f"tweet number {i}", "number", sentiments[i % 3]) for i in range(90)]
+    p = write_rows(tmp_path / "t.csv", rows)
+    every = TweetDataModule(train_path=str(p))
+    every.setup("fit")
+    polar = TweetDataModule(train_path=str(p), train_sentiments=["positive", "negative"])
+    polar.setup("fit")
+    assert polar.datasets["val"]["textID"] == every.datasets["val"]["textID"]  # same held-out rows, all kinds
+    assert "neutral" in polar.datasets["val"]["sentiment"]
+    kept = [
+        t for t, s in zip(every.datasets["train"]["textID"], every.datasets["train"]["sentiment"]) if s != "neutral"
+    ]
+    assert polar.datasets["train"]["textID"] == kept
+    with pytest.raises(DataError, match="data.train_sentiments must name some of"):
+        TweetDataModule(train_path=str(p), train_sentiments=["happy"])
+
+
 def test_explicit_val_path_and_missing_predict_path(tweets_csv: Path) -> None:
     dm = TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv))
     dm.setup("fit")

@@ -125,6 +125,7 @@ class ExtractorModule(pl.LightningModule):
             self.warmup_steps,
             int(self.trainer.estimated_stepping_batches),
             self.lr_overrides(),
+            getattr(self, "lr_schedule", "cosine"),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -18,6 +18,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from sentex.models.base import Batch, ExtractorModule
 from sentex.models.lora import apply_lora
+from sentex.optim import SCHEDULES
 from sentex.pretrained import resolve_model_path
 
 IGNORE = -100
@@ -34,6 +35,31 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], in_tweet: list[bool], st
     """
     hits = [i for i, ((a, b), ok) in enumerate(zip(offsets, in_tweet)) if ok and b > a and a < end and b > start]
     return (hits[0], hits[-1]) if hits else (IGNORE, IGNORE)
+
+
+def smoothed_span_nll(
+    logp: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor, smoothing: float
+) -> torch.Tensor:
+    """Mean NLL of ``target`` positions with label smoothing spread over the ``allowed`` positions only.
+
+    ``(1 - ε)·(-log p[target]) + ε·mean_{allowed}(-log p)``, averaged over rows whose target is not
+    ``IGNORE``. ``F.cross_entropy(label_smoothing=ε)`` would spread ε over every position, including
+    the sentiment, special and padding tokens that can never be an answer.
+
+    >>> logp = torch.log(torch.tensor([[0.5, 0.25, 0.25, 1e-9]]))
+    >>> allowed = torch.tensor([[True, True, True, False]])
+    >>> round(smoothed_span_nll(logp, torch.tensor([0]), allowed, 0.0).item(), 4)  # -log 0.5
+    0.6931
+    >>> # 0.7 · 0.6931 + 0.3 · (0.6931 + 2 · 1.3863) / 3
+    >>> round(smoothed_span_nll(logp, torch.tensor([0]), allowed, 0.3).item(), 4)
+    0.8318
+    """
+    rows = target != IGNORE
+    nll = -logp.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+    if smoothing > 0:
+        spread = -(logp.masked_fill(~allowed, 0.0).sum(1)) / allowed.sum(1).clamp(min=1)
+        nll = (1 - smoothing) * nll + smoothing * spread
+    return nll[rows].mean()
 
 
 def best_spans(start_logp: torch.Tensor, end_logp: torch.Tensor, allowed: torch.Tensor, max_span: int) -> torch.Tensor:
@@ -71,9 +97,11 @@ class SpanExtractor(ExtractorModule):
         head_dropout: dropout before the start/end head.
         head_learning_rate: learning rate of the head (default: ``learning_rate``); a fresh head can learn faster.
         neutral_full_tweet: answer neutral tweets with the whole tweet (their phrase almost always is).
+        label_smoothing: share of the start/end target mass spread evenly over the tweet's tokens.
+        lr_schedule: decay after warm-up, ``cosine`` or ``linear`` (to 0 at the last step).
         learning_rate: peak AdamW learning rate of the encoder.
         weight_decay: AdamW weight decay.
-        warmup_steps: linear warm-up steps before cosine decay.
+        warmup_steps: linear warm-up steps before the decay.
     """
 
     family = "span"
@@ -90,12 +118,19 @@ class SpanExtractor(ExtractorModule):
         head_dropout: float = 0.1,
         head_learning_rate: float | None = None,
         neutral_full_tweet: bool = True,
+        label_smoothing: float = 0.0,
+        lr_schedule: str = "cosine",
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
         warmup_steps: int = 100,
     ) -> None:
         super().__init__(learning_rate, weight_decay, warmup_steps)
         self.save_hyperparameters()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if lr_schedule not in SCHEDULES:
+            raise ValueError(f"model.lr_schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         path = resolve_model_path(model_name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if not self.tokenizer.is_fast:
@@ -154,9 +189,10 @@ class SpanExtractor(ExtractorModule):
         if (span[:, 0] == IGNORE).all():
             # Every phrase was cut off by max_length: nothing to learn, and nll_loss would be 0/0.
             return start_logp.sum() * 0.0
+        allowed, eps = batch["in_tweet"], self.hparams.get("label_smoothing", 0.0)
         return 0.5 * (
-            F.nll_loss(start_logp, span[:, 0], ignore_index=IGNORE)
-            + F.nll_loss(end_logp, span[:, 1], ignore_index=IGNORE)
+            smoothed_span_nll(start_logp, span[:, 0], allowed, eps)
+            + smoothed_span_nll(end_logp, span[:, 1], allowed, eps)
         )
 
     @torch.no_grad()
