@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from sentex.quantize import is_kept
+from sentex.quantize import is_kept, plain_tensor, stored_tensors, untied_state
 
 INT4_WEIGHTS = "model.int4.safetensors"
 GROUP_SIZE = 32
@@ -92,20 +91,14 @@ def int4_weights(model: nn.Module, keep: Sequence[str], group_size: int = GROUP_
 def save_int4(model: nn.Module, path: Path, keep: Sequence[str], group_size: int = GROUP_SIZE) -> None:
     """Write ``model``'s state dict with 4-bit Linear/Embedding weights (see module docstring)."""
     targets = int4_weights(model, keep, group_size)
+    untied, aliases = untied_state(model)
     tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    first_key: dict[tuple[int, tuple[int, ...]], str] = {}
-    for key, value in model.state_dict().items():
-        ident = (value.data_ptr(), tuple(value.shape))
-        if ident in first_key:  # a tied weight: safetensors refuses shared storage
-            aliases[key] = first_key[ident]
-            continue
-        first_key[ident] = key
+    for key, value in untied.items():
         if key in targets:
             codes, scale, zero = quantize_groups(value, group_size)
             tensors[key], tensors[key + SCALE_SUFFIX], tensors[key + ZERO_SUFFIX] = pack_nibbles(codes), scale, zero
         else:
-            tensors[key] = value.detach().float().contiguous() if value.is_floating_point() else value.contiguous()
+            tensors[key] = plain_tensor(value)
     meta = {"aliases": json.dumps(aliases), "format": "sentex-int4-groups", "group_size": str(group_size)}
     save_file(tensors, str(path), metadata=meta)
 
@@ -120,21 +113,16 @@ def load_int4_into(model: nn.Module, path: Path) -> tuple[dict[str, tuple[torch.
         KeyError: the file lacks a weight of ``model``.
     """
     quantized: dict[str, tuple[torch.Tensor, ...]] = {}
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        aliases, group_size = json.loads(meta.get("aliases", "{}")), int(meta.get("group_size", GROUP_SIZE))
-        stored = set(f.keys())
-        with torch.no_grad():
-            for key, target in model.state_dict().items():
-                source = aliases.get(key, key)
-                if source not in stored:
-                    raise KeyError(f"{path.name} has no weight '{key}'")
-                value = f.get_tensor(source)
-                if source + SCALE_SUFFIX in stored:
-                    scale, zero = f.get_tensor(source + SCALE_SUFFIX), f.get_tensor(source + ZERO_SUFFIX)
-                    quantized[key] = parts = (unpack_nibbles(value), scale, zero)
-                    value = dequantize_groups(*parts)
-                target.copy_(value)
+    group_size, stored = GROUP_SIZE, None
+    for key, target, f, source in stored_tensors(model, path):
+        if stored is None:  # read once, from the file the generator opened
+            group_size, stored = int((f.metadata() or {}).get("group_size", GROUP_SIZE)), set(f.keys())
+        value = f.get_tensor(source)
+        if value.dtype == torch.uint8 and source + SCALE_SUFFIX in stored:
+            scale, zero = f.get_tensor(source + SCALE_SUFFIX), f.get_tensor(source + ZERO_SUFFIX)
+            quantized[key] = parts = (unpack_nibbles(value), scale, zero)
+            value = dequantize_groups(*parts)
+        target.copy_(value)
     return quantized, group_size
 
 

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -77,40 +78,40 @@ def quantizable_weights(model: nn.Module, keep: Sequence[str]) -> set[str]:
     }
 
 
-def save_int8(model: nn.Module, path: Path, keep: Sequence[str]) -> None:
-    """Write ``model``'s state dict with int8 Linear/Embedding weights (see module docstring)."""
-    targets = quantizable_weights(model, keep)
+def untied_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``model``'s state dict with each tied tensor once, and ``{alias key: stored key}`` for the rest.
+
+    safetensors refuses tensors that share storage (e.g. T5's tied embeddings and ``lm_head``).
+    """
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     first_key: dict[tuple[int, tuple[int, ...]], str] = {}
     for key, value in model.state_dict().items():
         ident = (value.data_ptr(), tuple(value.shape))
-        if ident in first_key:  # a tied weight: safetensors refuses shared storage
+        if ident in first_key:
             aliases[key] = first_key[ident]
-            continue
-        first_key[ident] = key
-        if key in targets and value.is_floating_point() and value.dim() == 2:
-            tensors[key], tensors[key + SCALE_SUFFIX] = quantize_rows(value)
         else:
-            tensors[key] = value.detach().float().contiguous() if value.is_floating_point() else value.contiguous()
-    save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases), "format": "sentex-int8-rows"})
+            first_key[ident] = key
+            tensors[key] = value
+    return tensors, aliases
 
 
-def load_int8_into(model: nn.Module, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Fill ``model`` (same architecture) from a :func:`save_int8` file, one tensor at a time.
+def plain_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A tensor kept as it is on disk: floating point as float32, contiguous."""
+    return value.detach().float().contiguous() if value.is_floating_point() else value.contiguous()
 
-    Dequantizing key by key, instead of building a whole float32 state dict first, keeps the
-    peak memory of loading near one float32 copy of the model.
 
-    Returns:
-        ``{key: (int8, scale)}`` of the int8 weights, for :func:`dynamic_int8`.
+def stored_tensors(model: nn.Module, path: Path) -> Iterator[tuple[str, torch.Tensor, Any, str]]:
+    """For each state-dict entry of ``model``: ``(key, model tensor, open file, key in the file)``.
+
+    Follows the file's tied-weight aliases; the caller copies the (decoded) value into the model
+    tensor, one at a time, which keeps loading near one float32 copy of the model in memory.
 
     Raises:
         KeyError: the file lacks a weight of ``model``.
     """
     from safetensors import safe_open
 
-    packed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with safe_open(str(path), framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
         stored = set(f.keys())
@@ -119,11 +120,38 @@ def load_int8_into(model: nn.Module, path: Path) -> dict[str, tuple[torch.Tensor
                 source = aliases.get(key, key)
                 if source not in stored:
                     raise KeyError(f"{path.name} has no weight '{key}'")
-                value = f.get_tensor(source)
-                if value.dtype == torch.int8:
-                    packed[key] = (value, f.get_tensor(source + SCALE_SUFFIX))
-                    value = dequantize_rows(*packed[key])
-                target.copy_(value)
+                yield key, target, f, source
+
+
+def save_int8(model: nn.Module, path: Path, keep: Sequence[str]) -> None:
+    """Write ``model``'s state dict with int8 Linear/Embedding weights (see module docstring)."""
+    targets = quantizable_weights(model, keep)
+    untied, aliases = untied_state(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in untied.items():
+        if key in targets and value.is_floating_point() and value.dim() == 2:
+            tensors[key], tensors[key + SCALE_SUFFIX] = quantize_rows(value)
+        else:
+            tensors[key] = plain_tensor(value)
+    save_file(tensors, str(path), metadata={"aliases": json.dumps(aliases), "format": "sentex-int8-rows"})
+
+
+def load_int8_into(model: nn.Module, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Fill ``model`` (same architecture) from a :func:`save_int8` file, one tensor at a time.
+
+    Returns:
+        ``{key: (int8, scale)}`` of the int8 weights, for :func:`dynamic_int8`.
+
+    Raises:
+        KeyError: the file lacks a weight of ``model``.
+    """
+    packed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, target, f, source in stored_tensors(model, path):
+        value = f.get_tensor(source)
+        if value.dtype == torch.int8:
+            packed[key] = (value, f.get_tensor(source + SCALE_SUFFIX))
+            value = dequantize_rows(*packed[key])
+        target.copy_(value)
     return packed
 
 
