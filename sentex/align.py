@@ -12,13 +12,10 @@ work as for fit.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-from sentex.cli import SentexCLI, find_last_checkpoint
-from sentex.data import TweetDataModule
+from sentex.cli import SentexCLI, find_last_checkpoint, run_cli
 from sentex.errors import CheckpointError, SentexError
-from sentex.models.base import ExtractorModule
 
 
 class AlignCLI(SentexCLI):
@@ -52,13 +49,4 @@ class AlignCLI(SentexCLI):
 
 def main(argv: list[str]) -> None:
     """Run ``sentex align ARGS``: ``sentex fit`` with a DPO module."""
-    # ``args`` is how a subcommand hands its own argv to LightningCLI; the warning targets scripts.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    AlignCLI(
-        ExtractorModule,
-        TweetDataModule,
-        subclass_mode_model=True,
-        seed_everything_default=42,
-        save_config_kwargs={"overwrite": True},
-        args=["fit", *argv],
-    )
+    run_cli(AlignCLI, ["fit", *argv])

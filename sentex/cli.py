@@ -209,6 +209,25 @@ def route_exported_model(argv: list[str]) -> list[str]:
     return [*rest, f"--model={EXPORTED_MODEL}", f"--model.path={folder}"]
 
 
+def run_cli(cli_class: type[SentexCLI], args: list[str] | None) -> None:
+    """Run a sentex LightningCLI (``SentexCLI`` or a subclass) with sentex's model/data classes and defaults.
+
+    Args:
+        cli_class: the CLI class.
+        args: the arguments; ``None`` lets LightningCLI read ``sys.argv`` itself.
+    """
+    # ``args`` is how sentex hands LightningCLI a rewritten or sub-command argv; the warning targets scripts.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    cli_class(
+        ExtractorModule,
+        TweetDataModule,
+        subclass_mode_model=True,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``sentex`` console script."""
     logging.basicConfig(level=logging.WARNING, format="sentex: %(levelname)s: %(message)s")
@@ -219,17 +238,7 @@ def main(args: list[str] | None = None) -> None:
             importlib.import_module(extra[argv[0]][0]).main(argv[1:])
             return
         routed = route_exported_model(argv)
-        # ``args`` is how sentex hands LightningCLI a rewritten argv; the warning targets scripts.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        SentexCLI(
-            ExtractorModule,
-            TweetDataModule,
-            subclass_mode_model=True,
-            seed_everything_default=42,
-            save_config_kwargs={"overwrite": True},
-            # None: LightningCLI reads sys.argv itself (no warning about ``args``)
-            args=None if args is None and routed == argv else routed,
-        )
+        run_cli(SentexCLI, None if args is None and routed == argv else routed)
     except SentexError as err:
         print(f"sentex: error: {err}", file=sys.stderr)
         sys.exit(1)
