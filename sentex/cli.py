@@ -87,6 +87,11 @@ class SentexCLI(LightningCLI):
         if not ckpt_path:
             return
         if Path(ckpt_path).is_dir():
+            if subcommand in INFERENCE_COMMANDS:  # routing only sees the command line, not config files
+                raise CheckpointError(
+                    f"{ckpt_path}: an exported folder set in a config file; pass it on the command line"
+                    f" (--ckpt_path {ckpt_path}) to run it as the model"
+                )
             raise CheckpointError(
                 f"{ckpt_path}: a folder, not a checkpoint; exported folders run with validate, test"
                 f" and predict, '{subcommand}' needs a .ckpt"
@@ -170,19 +175,23 @@ def check_family(path: str | Path, checkpoint: dict[str, Any], class_path: str |
 # Subcommands that can run an exported folder (``--ckpt_path <folder>``) instead of a checkpoint.
 INFERENCE_COMMANDS = ("validate", "test", "predict")
 EXPORTED_MODEL = "sentex.models.ExportedExtractor"
+CPU_ONLY_DTYPES = ("int8", "int4")  # torch's dynamic int8 and int4-pack kernels are CPU kernels
 
 
 def route_exported_model(argv: list[str]) -> list[str]:
     """Turn ``validate|test|predict --ckpt_path <folder>`` into ``--model ExportedExtractor --model.path <folder>``.
 
-    An exported folder has no Lightning checkpoint to restore; it *is* the model. The model options
-    go last so they replace whatever model a ``--config`` named.
+    An exported folder has no Lightning checkpoint to restore; it *is* the model. The options go
+    last so they replace whatever model (or ``ckpt_path``) a ``--config`` named. int8 and int4
+    exports run on CPU kernels only, so they also get ``--trainer.accelerator cpu`` unless the
+    command line names an accelerator.
 
     >>> import json, tempfile
     >>> folder = tempfile.mkdtemp()
     >>> _ = (Path(folder) / "sentex.json").write_text(json.dumps({"family": "span", "dtype": "int8", "settings": {}}))
     >>> route_exported_model(["predict", "--ckpt_path", folder, "--data.predict_path", "t.csv"])[1:] == [
-    ...     "--data.predict_path", "t.csv", f"--model={EXPORTED_MODEL}", f"--model.path={folder}"]
+    ...     "--data.predict_path", "t.csv", f"--model={EXPORTED_MODEL}", f"--model.path={folder}", "--ckpt_path=null",
+    ...     "--trainer.accelerator=cpu"]
     True
     >>> route_exported_model(["predict", "--ckpt_path", "best.ckpt"])
     ['predict', '--ckpt_path', 'best.ckpt']
@@ -205,8 +214,11 @@ def route_exported_model(argv: list[str]) -> list[str]:
     # Checked here: a failure inside the model's constructor reaches the user wrapped in a parser error.
     from sentex.inference import read_manifest
 
-    read_manifest(Path(folder))
-    return [*rest, f"--model={EXPORTED_MODEL}", f"--model.path={folder}"]
+    manifest = read_manifest(Path(folder))
+    routed = [*rest, f"--model={EXPORTED_MODEL}", f"--model.path={folder}", "--ckpt_path=null"]
+    if manifest["dtype"] in CPU_ONLY_DTYPES and not any(a.startswith("--trainer.accelerator") for a in rest):
+        routed.append("--trainer.accelerator=cpu")
+    return routed
 
 
 def run_cli(cli_class: type[SentexCLI], args: list[str] | None) -> None:

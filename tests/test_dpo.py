@@ -136,7 +136,7 @@ def test_span_dpo_checkpoint_is_a_plain_span_checkpoint(span_sft: Path, tmp_path
 
 def test_sft_checkpoint_of_wrong_family_is_refused(seq_sft: Path) -> None:
     with pytest.raises(CheckpointError, match="'seq2seq' model; this DPO module needs a 'span' model"):
-        load_sft_state(str(seq_sft), "span", set())
+        load_sft_state(str(seq_sft), "span", {})
     with pytest.raises(CheckpointError, match="not found"):
         DPOSpanExtractor(sft_checkpoint="no/such.ckpt", max_length=48)
 
@@ -208,6 +208,19 @@ def test_seq2seq_dpo_checkpoint_is_a_plain_seq2seq_checkpoint(
     for name, value in model.state_dict().items():
         if "lora_" in name:
             assert torch.allclose(again.state_dict()[name], value, atol=1e-6), name
+    # a stacked (rank 8) checkpoint as the SFT start of a rank-4 DPO module: a one-line error, not a traceback
+    with pytest.raises(CheckpointError, match=r"has shape \(8, 64\), this model's is \(4, 64\)"):
+        DPOSeq2SeqExtractor(sft_checkpoint=str(path), **settings)
+
+
+def test_dpo_settings_never_shadow_model_settings() -> None:
+    """A DPO module takes its family's arguments too: one name must not mean two things."""
+    import inspect
+
+    from sentex.models.dpo import DPO_ARGS
+
+    for family in (SpanExtractor, Seq2SeqExtractor):
+        assert not set(DPO_ARGS) & set(inspect.signature(family.__init__).parameters), family.__name__
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -234,6 +234,12 @@ def test_predict_and_test_take_an_exported_folder(dtype: str, span_exports: dict
     assert len(report) == len(TWEETS) and all(r["prediction"] in r["text"] for r in report)
 
 
+def _config_naming(tmp_path: Path, folder: Path) -> Path:
+    config = tmp_path / "predict.yaml"
+    config.write_text(f"ckpt_path: {folder}\nmodel:\n  class_path: sentex.models.SpanExtractor\n", encoding="utf-8")
+    return config
+
+
 def test_exported_folder_misuse_is_a_one_line_error(
     span_exports: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -244,6 +250,8 @@ def test_exported_folder_misuse_is_a_one_line_error(
         (["predict", "--ckpt_path", str(tmp_path), "--data.predict_path", data], "not a sentex export (no sentex"),
         (["fit", "--ckpt_path", str(span_exports["fp32"]), "--model", "sentex.models.SpanExtractor",
           "--data.train_path", data], "a folder, not a checkpoint"),
+        (["predict", "--config", str(_config_naming(tmp_path, span_exports["fp32"])), "--data.predict_path", data],
+         "an exported folder set in a config file; pass it on the command line"),
     ]:  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             cli_main(args)

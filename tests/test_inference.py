@@ -146,6 +146,10 @@ def test_int4_groups_error_is_at_most_half_a_step_and_file_roundtrips(tiny_t5: P
     int4_linears(fresh, quantized)
     assert type(fresh.encoder.block[0].layer[1].DenseReluDense.wi) is Int4Linear
     assert type(fresh.encoder.block[0].layer[1].DenseReluDense.wo) is nn.Linear
+    # the kernel packs only output sizes that are multiples of 16: others keep the dequantized Linear
+    odd = nn.Sequential(nn.Linear(64, 50))
+    int4_linears(odd, {"0.weight": quantize_groups(odd[0].weight)})
+    assert type(odd[0]) is nn.Linear
 
 
 def test_full_range_activations_are_more_accurate() -> None:

@@ -72,8 +72,13 @@ def turn_off_dropout(module: nn.Module) -> None:
             m.p = 0.0
 
 
-def load_sft_state(path: str, family: str, expected_keys: set[str]) -> dict[str, torch.Tensor]:
+def load_sft_state(path: str, family: str, expected: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
     """The weights of a sentex SFT checkpoint, checked to be a ``family`` model that fits.
+
+    Args:
+        path: the checkpoint.
+        family: the model family it must hold.
+        expected: state-dict key → shape of every weight the DPO module takes from it.
 
     Raises:
         CheckpointError: unreadable file, another family, or weights that do not fit the model settings.
@@ -87,11 +92,18 @@ def load_sft_state(path: str, family: str, expected_keys: set[str]) -> dict[str,
             f"{path}: model.sft_checkpoint is a '{meta.get('family')}' model; this DPO module needs a '{family}' model"
         )
     state = ckpt["state_dict"]
-    missing = expected_keys - set(state)
+    missing = set(expected) - set(state)
     if missing:
         raise CheckpointError(
             f"{path}: model.sft_checkpoint lacks {len(missing)} weights of this model (e.g. '{sorted(missing)[0]}');"
             " use the model settings it was trained with"
+        )
+    wrong = sorted(k for k, shape in expected.items() if tuple(state[k].shape) != tuple(shape))
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{path}: model.sft_checkpoint weight '{k}' has shape {tuple(state[k].shape)}, this model's is "
+            f"{tuple(expected[k])} (e.g. a LoRA rank that differs: check model.lora_r)"
         )
     return state
 
@@ -228,6 +240,11 @@ class DPOMixin:
         """Whether this model can score both answers of ``pair``."""
         return True
 
+    def trainable_shapes(self) -> dict[str, torch.Size]:
+        """Shape of every weight a checkpoint of this model carries (what the SFT checkpoint must provide)."""
+        keys = self.trainable_state_keys()
+        return {k: v.shape for k, v in self.state_dict().items() if k in keys}
+
     @torch.no_grad()
     def mine(self, rows: Sequence[dict[str, Any]], batch_size: int, device: torch.device | None = None) -> list[str]:
         """The current (before training: the SFT) model's answers for ``rows``, for on-policy pairs."""
@@ -314,7 +331,7 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
     family = "span"
 
     def load_sft(self, path: str) -> None:
-        self.load_state_dict(load_sft_state(path, "span", self.trainable_state_keys()), strict=False)
+        self.load_state_dict(load_sft_state(path, "span", self.trainable_shapes()), strict=False)
         self.reference = FrozenSpanReference(self.encoder, self.head)
 
     def trainable_state_keys(self) -> set[str]:
@@ -362,7 +379,7 @@ class DPOSeq2SeqExtractor(DPOMixin, Seq2SeqExtractor):
         if hp.lora_r is None:
             raise ValueError("seq2seq DPO needs a LoRA SFT model (model.lora_r is null)")
         keys = self.trainable_state_keys()
-        state = load_sft_state(path, "seq2seq", keys)
+        state = load_sft_state(path, "seq2seq", self.trainable_shapes())
         self.load_state_dict(state, strict=False)
         # Kept (a few MB) to write self-contained checkpoints: SFT and policy adapters stacked.
         self._sft_adapter = {k: state[k].detach().float().clone() for k in keys}
@@ -383,7 +400,8 @@ class DPOSeq2SeqExtractor(DPOMixin, Seq2SeqExtractor):
         scales folded into B). Resuming ``sentex align`` splits the policy half back out.
         """
         super().on_save_checkpoint(checkpoint)
-        policy = {k: v.detach().float() for k, v in checkpoint["state_dict"].items()}
+        # On CPU: the policy's tensors live on the training device, the kept SFT adapter on CPU.
+        policy = {k: v.detach().float().cpu() for k, v in checkpoint["state_dict"].items()}
         checkpoint["state_dict"] = stack_lora(self._sft_adapter, policy, self.lora_scale, self.lora_scale)
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k not in DPO_ARGS}
         rank = 2 * self.hparams.lora_r
@@ -394,7 +412,10 @@ class DPOSeq2SeqExtractor(DPOMixin, Seq2SeqExtractor):
         checkpoint["sentex"]["dpo"]["stacked_lora"] = {"policy_rank": self.hparams.lora_r, "scale": self.lora_scale}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        stacked = ((checkpoint.get("sentex") or {}).get("dpo") or {}).get("stacked_lora")
+        meta = checkpoint.get("sentex") or {}
+        if meta.get("family") == "dpo-seq2seq":  # sentex before stacking: the policy adapter alone
+            meta["family"] = "seq2seq"
+        stacked = (meta.get("dpo") or {}).get("stacked_lora")
         if stacked:  # resuming align: train the policy half on, on top of the merged SFT model
             checkpoint["state_dict"] = unstack_lora(checkpoint["state_dict"], stacked["policy_rank"], stacked["scale"])
         super().on_load_checkpoint(checkpoint)

@@ -39,6 +39,14 @@ class ExportedExtractor(ExtractorModule):
         self.info = extractor.info
         self.family = extractor.family  # what the folder holds: span or seq2seq
 
+    def setup(self, stage: str) -> None:
+        dtype = self.info.get("dtype")
+        # setup runs before the strategy moves the module: ask where it is going
+        if dtype in ("int8", "int4") and self.trainer is not None and self.trainer.strategy.root_device.type != "cpu":
+            raise SentexError(
+                f"{self.hparams.path}: {dtype} exports run on CPU kernels only; use --trainer.accelerator cpu"
+            )
+
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
         return self.runner.collate(rows)
 

@@ -97,7 +97,8 @@ class SpanExtractor(ExtractorModule):
         head_dropout: dropout before the start/end head.
         head_learning_rate: learning rate of the head (default: ``learning_rate``); a fresh head can learn faster.
         neutral_full_tweet: answer neutral tweets with the whole tweet (their phrase almost always is).
-        label_smoothing: share of the start/end target mass spread evenly over the tweet's tokens.
+        span_label_smoothing: share of the start/end target mass spread evenly over the tweet's tokens
+            (named apart from DPO's ``label_smoothing``, which a DPO span module also takes).
         lr_schedule: decay after warm-up, ``cosine`` or ``linear`` (to 0 at the last step).
         learning_rate: peak AdamW learning rate of the encoder.
         weight_decay: AdamW weight decay.
@@ -118,7 +119,7 @@ class SpanExtractor(ExtractorModule):
         head_dropout: float = 0.1,
         head_learning_rate: float | None = None,
         neutral_full_tweet: bool = True,
-        label_smoothing: float = 0.0,
+        span_label_smoothing: float = 0.0,
         lr_schedule: str = "cosine",
         learning_rate: float = 5e-5,
         weight_decay: float = 0.01,
@@ -126,8 +127,8 @@ class SpanExtractor(ExtractorModule):
     ) -> None:
         super().__init__(learning_rate, weight_decay, warmup_steps)
         self.save_hyperparameters()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 0.0 <= span_label_smoothing < 1.0:
+            raise ValueError(f"model.span_label_smoothing must be in [0, 1), got {span_label_smoothing}")
         if lr_schedule not in SCHEDULES:
             raise ValueError(f"model.lr_schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r}")
         self.lr_schedule = lr_schedule
@@ -189,7 +190,7 @@ class SpanExtractor(ExtractorModule):
         if (span[:, 0] == IGNORE).all():
             # Every phrase was cut off by max_length: nothing to learn, and nll_loss would be 0/0.
             return start_logp.sum() * 0.0
-        allowed, eps = batch["in_tweet"], self.hparams.get("label_smoothing", 0.0)
+        allowed, eps = batch["in_tweet"], self.hparams.get("span_label_smoothing", 0.0)
         return 0.5 * (
             smoothed_span_nll(start_logp, span[:, 0], allowed, eps)
             + smoothed_span_nll(end_logp, span[:, 1], allowed, eps)
