@@ -93,15 +93,7 @@ class Seq2SeqExtractor(ExtractorModule):
         )
         batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         if "selected_text" in batch:
-            labels = self.tokenizer(
-                batch["selected_text"],
-                max_length=self.hparams.max_target_length,
-                truncation=True,
-                padding=True,
-                return_tensors="pt",
-            )["input_ids"]
-            labels[labels == self.tokenizer.pad_token_id] = -100
-            batch["labels"] = labels
+            batch["labels"] = self.target_labels(batch["selected_text"])
         return batch
 
     def compute_loss(self, batch: Batch) -> torch.Tensor:
@@ -117,7 +109,7 @@ class Seq2SeqExtractor(ExtractorModule):
         return [restore_source_case(d, t) for d, t in zip(decoded, batch["text"])]
 
     def target_labels(self, phrases: list[str]) -> torch.Tensor:
-        """Padded label ids of ``phrases`` (``-100`` on padding), as ``collate`` builds for the gold phrase."""
+        """Padded label ids of ``phrases`` (``-100`` on padding): gold phrases in ``collate``, DPO rejections."""
         labels = self.tokenizer(
             phrases, max_length=self.hparams.max_target_length, truncation=True, padding=True, return_tensors="pt"
         )["input_ids"]
