@@ -301,6 +301,17 @@ class DPOMixin:
         super().on_save_checkpoint(checkpoint)
         checkpoint["sentex"]["dpo"] = {k: self.hparams.get(k) for k in DPO_ARGS}
 
+    @staticmethod
+    def as_plain_family(checkpoint: dict[str, Any], family: type, **overrides: Any) -> None:
+        """Make the checkpoint's hyper-parameters those of a plain ``family`` model (DPO settings
+        dropped, ``overrides`` applied), so predict, ``sentex.inference`` and export rebuild it
+        without the SFT file; the DPO settings stay under ``checkpoint["sentex"]["dpo"]``."""
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k not in DPO_ARGS}
+        hparams.update(overrides)
+        if "_class_path" in hparams:
+            hparams["_class_path"] = f"{family.__module__}.{family.__name__}"
+        checkpoint["hyper_parameters"] = hparams
+
 
 class FrozenSpanReference(nn.Module):
     """The SFT span model, frozen: a deep copy of encoder + head, always in eval mode, no gradients."""
@@ -357,12 +368,7 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        # The weights are a plain span model's; plain span hyper-parameters let predict,
-        # sentex.inference and export rebuild a SpanExtractor without the SFT file.
-        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k not in DPO_ARGS}
-        if "_class_path" in hparams:
-            hparams["_class_path"] = f"{SpanExtractor.__module__}.{SpanExtractor.__name__}"
-        checkpoint["hyper_parameters"] = hparams
+        self.as_plain_family(checkpoint, SpanExtractor)  # the weights are a plain span model's
 
 
 class DPOSeq2SeqExtractor(DPOMixin, Seq2SeqExtractor):
@@ -378,11 +384,11 @@ class DPOSeq2SeqExtractor(DPOMixin, Seq2SeqExtractor):
         hp = self.hparams
         if hp.lora_r is None:
             raise ValueError("seq2seq DPO needs a LoRA SFT model (model.lora_r is null)")
-        keys = self.trainable_state_keys()
-        state = load_sft_state(path, "seq2seq", self.trainable_shapes())
+        shapes = self.trainable_shapes()
+        state = load_sft_state(path, "seq2seq", shapes)
         self.load_state_dict(state, strict=False)
         # Kept (a few MB) to write self-contained checkpoints: SFT and policy adapters stacked.
-        self._sft_adapter = {k: state[k].detach().float().clone() for k in keys}
+        self._sft_adapter = {k: state[k].detach().float().clone() for k in shapes}
         merged = self.model.merge_and_unload()  # SFT weights folded into the base: the frozen reference
         targets = hp.lora_target_modules or ["q", "v"]
         self.model = apply_lora(merged, hp.lora_r, hp.lora_alpha, hp.lora_dropout, targets, "SEQ_2_SEQ_LM").train()
@@ -403,12 +409,8 @@ class DPOSeq2SeqExtractor(DPOMixin, Seq2SeqExtractor):
         # On CPU: the policy's tensors live on the training device, the kept SFT adapter on CPU.
         policy = {k: v.detach().float().cpu() for k, v in checkpoint["state_dict"].items()}
         checkpoint["state_dict"] = stack_lora(self._sft_adapter, policy, self.lora_scale, self.lora_scale)
-        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k not in DPO_ARGS}
         rank = 2 * self.hparams.lora_r
-        hparams.update(lora_r=rank, lora_alpha=rank)
-        if "_class_path" in hparams:
-            hparams["_class_path"] = f"{Seq2SeqExtractor.__module__}.{Seq2SeqExtractor.__name__}"
-        checkpoint["hyper_parameters"] = hparams
+        self.as_plain_family(checkpoint, Seq2SeqExtractor, lora_r=rank, lora_alpha=rank)
         checkpoint["sentex"]["dpo"]["stacked_lora"] = {"policy_rank": self.hparams.lora_r, "scale": self.lora_scale}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
