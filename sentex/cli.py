@@ -5,19 +5,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import pickle
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sentex.callbacks import FitSummary, RandomStateCheckpoint
-from sentex.checkpointing import AtomicCheckpointIO
+from sentex.checkpointing import AtomicCheckpointIO, read_checkpoint
 from sentex.data import TweetDataModule
 from sentex.errors import CheckpointError, SentexError
 from sentex.models.base import ExtractorModule
@@ -137,25 +135,6 @@ def find_last_checkpoint(root: Path) -> Path:
     if not candidates:
         raise CheckpointError(f"--ckpt_path last: no last.ckpt under {root / 'lightning_logs'}; pass a checkpoint path")
     return candidates[-1]
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's plain contents (no code runs), or raise a one-line :class:`CheckpointError`."""
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            return {}  # complete but holds objects beyond plain data: the Trainer loads it in full later
-        # torch's own text here suggests weights_only=False, which is wrong for a damaged file.
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): not a pickle") from None
-    except Exception as err:  # torch raises RuntimeError, OSError, EOFError, ...
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(err)}"
-        ) from None
-
-
-def _first_line(err: Exception) -> str:
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
 
 
 def check_family(path: str | Path, checkpoint: dict[str, Any], class_path: str | None) -> None:

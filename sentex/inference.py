@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from sentex.checkpointing import first_line, read_checkpoint
 from sentex.errors import CheckpointError, SentexError
 from sentex.int4 import INT4_WEIGHTS, int4_linears, load_int4_into
 from sentex.metrics import SENTIMENTS
@@ -152,15 +153,9 @@ def load(path: str | Path) -> Extractor:
 
 
 # --- checkpoints ---------------------------------------------------------------------------
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """``torch.load`` a sentex checkpoint on CPU, turning every failure into a one-line error."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for bad files
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first}") from None
+def read_sentex_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents (:func:`sentex.checkpointing.read_checkpoint`), checked to be sentex's."""
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "sentex" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path}: not a sentex checkpoint (no 'sentex' or 'hyper_parameters' entry)")
     return ckpt
@@ -177,7 +172,7 @@ def family_of(ckpt: dict[str, Any], path: Path) -> tuple[str, type[ExtractorModu
 def module_from_checkpoint(path: str | Path) -> tuple[ExtractorModule, dict[str, Any]]:
     """Rebuild the LightningModule of a checkpoint; returns it (eval mode, CPU) and the raw checkpoint."""
     path = Path(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_sentex_checkpoint(path)
     _, cls = family_of(ckpt, path)
     with warnings.catch_warnings():
         # By design a checkpoint lacks the frozen base weights; Lightning warns about each one.
@@ -260,6 +255,5 @@ def load_folder(folder: Path) -> Extractor:
             model = load_network(folder, AutoModelForSeq2SeqLM, family, dtype)
             runner = _Seq2SeqRunner(tokenizer, model, manifest["settings"])
     except (OSError, RuntimeError, KeyError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{folder}: incomplete or corrupt export: {first}") from None
+        raise CheckpointError(f"{folder}: incomplete or corrupt export: {first_line(err)}") from None
     return Extractor(runner, family, manifest)
