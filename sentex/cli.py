@@ -154,7 +154,6 @@ def check_family(path: str | Path, checkpoint: dict[str, Any], class_path: str |
 # Subcommands that can run an exported folder (``--ckpt_path <folder>``) instead of a checkpoint.
 INFERENCE_COMMANDS = ("validate", "test", "predict")
 EXPORTED_MODEL = "sentex.models.ExportedExtractor"
-CPU_ONLY_DTYPES = ("int8", "int4")  # torch's dynamic int8 and int4-pack kernels are CPU kernels
 
 
 def route_exported_model(argv: list[str]) -> list[str]:
@@ -191,11 +190,11 @@ def route_exported_model(argv: list[str]) -> list[str]:
     if folder is None:
         return rest
     # Checked here: a failure inside the model's constructor reaches the user wrapped in a parser error.
-    from sentex.inference import read_manifest
+    from sentex.inference import QUANTIZED_DTYPES, read_manifest
 
     manifest = read_manifest(Path(folder))
     routed = [*rest, f"--model={EXPORTED_MODEL}", f"--model.path={folder}", "--ckpt_path=null"]
-    if manifest["dtype"] in CPU_ONLY_DTYPES and not any(a.startswith("--trainer.accelerator") for a in rest):
+    if manifest["dtype"] in QUANTIZED_DTYPES and not any(a.startswith("--trainer.accelerator") for a in rest):
         routed.append("--trainer.accelerator=cpu")
     return routed
 

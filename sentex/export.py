@@ -24,10 +24,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import save_file
@@ -35,14 +35,36 @@ from torch import nn
 
 from sentex import __version__
 from sentex.errors import SentexError
-from sentex.inference import HEAD_WEIGHTS, MANIFEST, TORCH_DTYPES, checkpoint_metrics, module_from_checkpoint
+from sentex.inference import DTYPES, HEAD_WEIGHTS, MANIFEST, TORCH_DTYPES, checkpoint_metrics, module_from_checkpoint
 from sentex.int4 import GROUP_SIZE, INT4_WEIGHTS, save_int4
 from sentex.model_card import render_card
 from sentex.models import ExtractorModule
 from sentex.quantize import INT8_WEIGHTS, KEEP_FP32, save_int8
 
-DTYPES = (*TORCH_DTYPES, "int8", "int4")
-WEIGHT_FILES = {"int8": INT8_WEIGHTS, "int4": INT4_WEIGHTS}
+
+class Quantizer(NamedTuple):
+    """How an int dtype is written, and what the manifest says of it."""
+
+    weights: str
+    save: Callable[[nn.Module, Path, Sequence[str]], None]
+    storage: str
+    runtime: str
+
+
+QUANTIZERS = {
+    "int8": Quantizer(
+        INT8_WEIGHTS,
+        save_int8,
+        "symmetric per-row int8 weights + float32 scales (Linear and Embedding)",
+        "torch dynamic int8 Linear (quantize_dynamic, per-channel weights); embeddings float32",
+    ),
+    "int4": Quantizer(
+        INT4_WEIGHTS,
+        save_int4,
+        f"asymmetric 4-bit weights in groups of {GROUP_SIZE} + float32 scale/offset (Linear and Embedding)",
+        "torch int4 weight-only Linear (_weight_int4pack_mm_for_cpu, bf16 activations); embeddings float32",
+    ),
+}
 
 
 def merged_network(module: ExtractorModule) -> tuple[nn.Module, dict[str, Any] | None]:
@@ -78,19 +100,12 @@ def settings_of(module: ExtractorModule) -> dict[str, Any]:
 def build_manifest(module: ExtractorModule, ckpt: dict[str, Any], lora: dict | None, dtype: str, source: Path) -> dict:
     """The ``sentex.json`` contents."""
     hparams = {k: v for k, v in dict(module.hparams).items() if not k.startswith("_")}
+    quantizer = QUANTIZERS.get(dtype)
     quantization = None
-    if dtype == "int8":
+    if quantizer is not None:
         quantization = {
-            "storage": "symmetric per-row int8 weights + float32 scales (Linear and Embedding)",
-            "runtime": "torch dynamic int8 Linear (quantize_dynamic, per-channel weights); embeddings float32",
-            "kept_fp32": list(KEEP_FP32[module.family]),
-        }
-    elif dtype == "int4":
-        quantization = {
-            "storage": f"asymmetric 4-bit weights in groups of {GROUP_SIZE} + float32 scale/offset"
-            " (Linear and Embedding)",
-            "runtime": "torch int4 weight-only Linear (_weight_int4pack_mm_for_cpu, bf16 activations);"
-            " embeddings float32",
+            "storage": quantizer.storage,
+            "runtime": quantizer.runtime,
             "kept_fp32": list(KEEP_FP32[module.family]),
         }
     return {
@@ -99,7 +114,7 @@ def build_manifest(module: ExtractorModule, ckpt: dict[str, Any], lora: dict | N
         "family": module.family,
         "base_model": hparams.get("model_name_or_path"),
         "dtype": dtype,
-        "weights": WEIGHT_FILES.get(dtype, "model.safetensors"),
+        "weights": quantizer.weights if quantizer else "model.safetensors",
         "lora": lora,
         "settings": settings_of(module),
         "quantization": quantization,
@@ -113,12 +128,10 @@ def build_manifest(module: ExtractorModule, ckpt: dict[str, Any], lora: dict | N
 
 def write_weights(network: nn.Module, folder: Path, dtype: str, family: str) -> None:
     """Write the transformers part: ``save_pretrained`` for float dtypes, sentex's int8/int4 safetensors otherwise."""
-    if dtype == "int8":
+    quantizer = QUANTIZERS.get(dtype)
+    if quantizer is not None:
         network.config.save_pretrained(folder)
-        save_int8(network, folder / INT8_WEIGHTS, KEEP_FP32[family])
-    elif dtype == "int4":
-        network.config.save_pretrained(folder)
-        save_int4(network, folder / INT4_WEIGHTS, KEEP_FP32[family])
+        quantizer.save(network, folder / quantizer.weights, KEEP_FP32[family])
     else:
         network.to(TORCH_DTYPES[dtype]).save_pretrained(folder, safe_serialization=True)
 

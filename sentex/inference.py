@@ -37,6 +37,9 @@ MANIFEST = "sentex.json"
 HEAD_WEIGHTS = "head.safetensors"
 FAMILIES: dict[str, type[ExtractorModule]] = {"span": SpanExtractor, "seq2seq": Seq2SeqExtractor}
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# sentex's own weight files (see sentex.quantize, sentex.int4); their kernels run on CPU only.
+QUANTIZED_DTYPES = ("int8", "int4")
+DTYPES = (*TORCH_DTYPES, *QUANTIZED_DTYPES)
 
 
 class _SpanRunner(nn.Module):
@@ -221,7 +224,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise CheckpointError(f"{file}: manifest has no '{field}' entry")
     if manifest["family"] not in FAMILIES:
         raise CheckpointError(f"{file}: unknown model family {manifest['family']!r}")
-    if manifest["dtype"] not in (*TORCH_DTYPES, "int8", "int4"):
+    if manifest["dtype"] not in DTYPES:
         raise CheckpointError(f"{file}: unknown dtype {manifest['dtype']!r}")
     return manifest
 

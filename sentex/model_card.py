@@ -26,7 +26,7 @@ def _how_to_load(manifest: dict[str, Any]) -> list[str]:
         "```",
         "",
     ]
-    if manifest["dtype"] in ("int8", "int4"):
+    if manifest.get("quantization"):  # int8 / int4: sentex's own weight files
         detail = "per-row scales" if manifest["dtype"] == "int8" else "groups of 32 with scale and offset"
         lines.append(
             f"The weights are {manifest['dtype']} (`{manifest.get('weights')}`, {detail}); only `sentex` reads them. "

@@ -32,17 +32,18 @@ class ExportedExtractor(ExtractorModule):
     def __init__(self, path: str) -> None:
         super().__init__(learning_rate=0.0, weight_decay=0.0, warmup_steps=0)
         self.save_hyperparameters()
-        from sentex.inference import load_folder  # sentex.inference imports the model families
+        from sentex.inference import QUANTIZED_DTYPES, load_folder  # sentex.inference imports the families
 
         extractor = load_folder(Path(path))
         self.runner = extractor.runner
         self.info = extractor.info
         self.family = extractor.family  # what the folder holds: span or seq2seq
+        self.cpu_only = self.info["dtype"] in QUANTIZED_DTYPES
 
     def setup(self, stage: str) -> None:
-        dtype = self.info.get("dtype")
+        dtype = self.info["dtype"]
         # setup runs before the strategy moves the module: ask where it is going
-        if dtype in ("int8", "int4") and self.trainer is not None and self.trainer.strategy.root_device.type != "cpu":
+        if self.cpu_only and self.trainer is not None and self.trainer.strategy.root_device.type != "cpu":
             raise SentexError(
                 f"{self.hparams.path}: {dtype} exports run on CPU kernels only; use --trainer.accelerator cpu"
             )
