@@ -40,6 +40,7 @@ from sentex.int4 import GROUP_SIZE, INT4_WEIGHTS, save_int4
 from sentex.model_card import render_card
 from sentex.models import ExtractorModule
 from sentex.quantize import INT8_WEIGHTS, KEEP_FP32, save_int8
+from sentex.writers import current_umask
 
 
 class Quantizer(NamedTuple):
@@ -184,13 +185,6 @@ def make_ordinary(folder: Path) -> None:
     folder.chmod(0o777 & ~mask)
     for file in folder.rglob("*"):
         file.chmod((0o777 if file.is_dir() else 0o666) & ~mask)
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it, so it is put straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def replace_folder(new: Path, target: Path) -> None:
