@@ -262,8 +262,8 @@ def run_batch(
             gold = cols["selected_text"][i]
             row.update(selected_text=gold, jaccard=jaccard(pred, gold))
         rows.append(row)
-    empty = sum(not t.strip() for t in cols["text"])
-    return BatchResult(rows, table.has_labels, dict(table.skipped), time.perf_counter() - start, empty)
+    seconds = time.perf_counter() - start
+    return BatchResult(rows, table.has_labels, dict(table.skipped), seconds, table.empty_texts_kept)
 
 
 def _csv_bytes(fieldnames: Sequence[str], rows: list[dict[str, Any]]) -> bytes:
