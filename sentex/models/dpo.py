@@ -222,9 +222,8 @@ class DPOMixin:
     def build_pairs(self, datamodule: Any) -> list[PreferencePair]:
         """Synthetic and on-policy pairs from the data module's training tweets."""
         hp = self.hparams
-        train = datamodule.datasets["train"]
-        rows = [dict(zip(train.column_names, values)) for values in zip(*(train[c] for c in train.column_names))]
-        rows = [r for r in rows if not hp.pair_sentiments or r["sentiment"] in hp.pair_sentiments]
+        wanted = hp.pair_sentiments
+        rows = [r for r in datamodule.datasets["train"].to_list() if not wanted or r["sentiment"] in wanted]
         mix = hp.pair_mix or DEFAULT_MIX
         mined: list[PreferencePair] = []
         if mix.get("on_policy", 0) > 0:
