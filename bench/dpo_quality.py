@@ -22,9 +22,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from sentex.align import AlignCLI
+from sentex.alignment.command import AlignCLI
 from sentex.data import TweetDataModule
-from sentex.metrics import SENTIMENTS
+from sentex.data.tweets import SENTIMENTS
 from sentex.models.base import ExtractorModule
 
 ROOT = Path(__file__).resolve().parents[1]

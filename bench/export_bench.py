@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sentex.bench import main as bench_main
 from sentex.data import TweetDataModule
-from sentex.export import export
-from sentex.writers import write_csv
+from sentex.deploy.bench import main as bench_main
+from sentex.deploy.export import export
+from sentex.training.writers import write_csv
 
 COLUMNS = ["textID", "text", "selected_text", "sentiment"]
 

@@ -17,7 +17,8 @@ import torch
 
 from sentex.cli import SentexCLI
 from sentex.data import TweetDataModule
-from sentex.metrics import SENTIMENTS, exact_match, jaccard
+from sentex.data.tweets import SENTIMENTS
+from sentex.metrics import exact_match, jaccard
 from sentex.models.base import ExtractorModule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,17 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from sentex.version import __version__
+
+__all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
-    from sentex.inference import Extractor
+    from sentex.deploy.load import Extractor
 
 
 def load(path: str | Path) -> Extractor:
-    """Load an exported model folder or a sentex checkpoint; see :func:`sentex.inference.load`.
+    """Load an exported model folder or a sentex checkpoint; see :func:`sentex.deploy.load.load`.
 
     Imported lazily so that ``import sentex`` stays light for the CLI and the app.
     """
-    from sentex.inference import load as _load
+    from sentex.deploy.load import load as _load
 
     return _load(path)

@@ -10,24 +10,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from sentex.callbacks import FitSummary, RandomStateCheckpoint
-from sentex.checkpointing import AtomicCheckpointIO, read_checkpoint
 from sentex.data import TweetDataModule
 from sentex.errors import CheckpointError, SentexError
+from sentex.io.checkpoints import read_checkpoint
 from sentex.models.base import ExtractorModule
-from sentex.writers import SubmissionWriter, TestReportWriter
+from sentex.training.callbacks import AtomicCheckpoints, FitSummary, RandomStateCheckpoint
+from sentex.training.progress import PlainProgress
+from sentex.training.writers import SubmissionWriter, TestReportWriter
 
 # Subcommands that are not Trainer methods: name -> (module with ``main(argv)``, one-line help).
 # Listed in ``sentex --help`` once their module exists.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "align": ("sentex.align", "DPO-align a trained model against its frozen self (preference pairs)."),
-    "export": ("sentex.export", "Merge LoRA, optionally quantize, and write a self-contained model folder."),
-    "bench": ("sentex.bench", "Measure exported models: size, memory, latency, throughput, Jaccard."),
-    "app": ("sentex.app", "Serve a model in the Streamlit demo app."),
+    "align": ("sentex.alignment.command", "DPO-align a trained model against its frozen self (preference pairs)."),
+    "export": ("sentex.deploy.export", "Merge LoRA, optionally quantize, and write a self-contained model folder."),
+    "bench": ("sentex.deploy.bench", "Measure exported models: size, memory, latency, throughput, Jaccard."),
+    "app": ("sentex.app.launcher", "Serve a model in the Streamlit demo app."),
 }
 
 
@@ -37,14 +37,18 @@ def available_extra_commands() -> dict[str, tuple[str, str]]:
 
 
 class SentexCLI(LightningCLI):
-    """LightningCLI plus the checkpoints, writers and terminal output every sentex run wants."""
+    """LightningCLI plus the checkpoints, writers and terminal output every sentex run wants.
 
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        # Only so that ``sentex --help`` lists them; ``main`` dispatches them before parsing.
-        for name, (_, help_text) in available_extra_commands().items():
-            self._subcommand_parsers[name] = sub = LightningArgumentParser(description=help_text)
-            parser._subcommands_action.add_subcommand(name, sub, help=help_text)
+    Only LightningCLI's public hooks are overridden (``parse_arguments``, ``add_arguments_to_parser``,
+    ``before_instantiate_classes``); the extra callbacks go in through ``trainer_defaults``, which
+    Lightning adds to whatever callbacks the config lists.
+    """
+
+    def __init__(self, *args: Any, trainer_defaults: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        defaults = dict(trainer_defaults or {})
+        defaults["callbacks"] = [*(defaults.get("callbacks") or []), *sentex_callbacks()]
+        kwargs.setdefault("parser_kwargs", {"epilog": extra_commands_epilog()})
+        super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
@@ -68,65 +72,54 @@ class SentexCLI(LightningCLI):
         )
         parser.add_lightning_class_args(SubmissionWriter, "submission")
 
-    def _parse_ckpt_path(self) -> None:
-        """Resolve ``last``, check the checkpoint, then take its model settings (as LightningCLI does).
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then resolve ``--ckpt_path last`` and check the checkpoint before Lightning reads it.
 
-        LightningCLI would merge a checkpoint's hyperparameters into the config before any check,
-        so a truncated file gave a traceback and another family's checkpoint a confusing parser
-        error; here both become one-line :class:`CheckpointError` messages naming the file.
+        LightningCLI merges a checkpoint's hyper-parameters into the config right after parsing,
+        so a truncated file would give a traceback and another family's checkpoint a confusing
+        parser error; checked here, both are one-line :class:`CheckpointError` messages naming the file.
         """
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        config = self.config[subcommand]
-        if config.get("ckpt_path") == "last":
-            config["ckpt_path"] = str(find_last_checkpoint(Path(config["trainer"].get("default_root_dir") or ".")))
-        ckpt_path = config.get("ckpt_path")
-        if not ckpt_path:
-            return
-        if Path(ckpt_path).is_dir():
-            if subcommand in INFERENCE_COMMANDS:  # routing only sees the command line, not config files
-                raise CheckpointError(
-                    f"{ckpt_path}: an exported folder set in a config file; pass it on the command line"
-                    f" (--ckpt_path {ckpt_path}) to run it as the model"
-                )
+        if subcommand:
+            check_ckpt_path(self.config[subcommand], subcommand)
+
+    def before_instantiate_classes(self) -> None:
+        """Add the progress output that fits where stdout goes, unless the config chose its own."""
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        trainer = config.get("trainer") or {}
+        configured = trainer.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        names = [str(c.get("class_path", "")) if hasattr(c, "get") else type(c).__name__ for c in configured]
+        if trainer.get("enable_progress_bar", True) is not False and not any("ProgressBar" in n for n in names):
+            self.trainer_defaults["callbacks"].append(progress_callback())
+
+
+def progress_callback() -> Callback:
+    """Rich's progress bar on a terminal; a plain line at a steady interval when output goes to a file."""
+    return RichProgressBar() if sys.stdout.isatty() else PlainProgress()
+
+
+def check_ckpt_path(config: Any, subcommand: str) -> None:
+    """Resolve ``ckpt_path: last`` in a subcommand's config, then check the file and its model family."""
+    if config.get("ckpt_path") == "last":
+        config["ckpt_path"] = str(find_last_checkpoint(Path(config["trainer"].get("default_root_dir") or ".")))
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path:
+        return
+    if Path(ckpt_path).is_dir():
+        if subcommand in INFERENCE_COMMANDS:  # routing only sees the command line, not config files
             raise CheckpointError(
-                f"{ckpt_path}: a folder, not a checkpoint; exported folders run with validate, test"
-                f" and predict, '{subcommand}' needs a .ckpt"
+                f"{ckpt_path}: an exported folder set in a config file; pass it on the command line"
+                f" (--ckpt_path {ckpt_path}) to run it as the model"
             )
-        if not Path(ckpt_path).is_file():
-            raise CheckpointError(f"{ckpt_path}: checkpoint not found")
-        checkpoint = read_checkpoint(ckpt_path)
-        check_family(ckpt_path, checkpoint, config["model"].get("class_path"))
-        hparams = dict(checkpoint.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
-        if not hparams:
-            return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except CheckpointError as err:
-            # The model raises without knowing the file; name it so the one-line message is complete.
-            ckpt = self.config_init.get(subcommand, {}).get("ckpt_path")
-            if ckpt and str(ckpt) not in str(err):
-                raise CheckpointError(f"{ckpt}: {err}") from None
-            raise
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        callbacks = [*callbacks, TestReportWriter(), FitSummary(), RandomStateCheckpoint()]
-        configured = list(config.get("callbacks") or [])
-        if config.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in configured
-        ):
-            callbacks.append(RichProgressBar())
-        plugins = config.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
-        config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+        raise CheckpointError(
+            f"{ckpt_path}: a folder, not a checkpoint; exported folders run with validate, test"
+            f" and predict, '{subcommand}' needs a .ckpt"
+        )
+    if not Path(ckpt_path).is_file():
+        raise CheckpointError(f"{ckpt_path}: checkpoint not found")
+    check_family(ckpt_path, read_checkpoint(ckpt_path), config["model"].get("class_path"))
 
 
 def find_last_checkpoint(root: Path) -> Path:
@@ -153,7 +146,7 @@ def check_family(path: str | Path, checkpoint: dict[str, Any], class_path: str |
 
 # Subcommands that can run an exported folder (``--ckpt_path <folder>``) instead of a checkpoint.
 INFERENCE_COMMANDS = ("validate", "test", "predict")
-EXPORTED_MODEL = "sentex.models.ExportedExtractor"
+EXPORTED_MODEL = "sentex.deploy.exported.ExportedExtractor"
 
 
 def route_exported_model(argv: list[str]) -> list[str]:
@@ -190,7 +183,7 @@ def route_exported_model(argv: list[str]) -> list[str]:
     if folder is None:
         return rest
     # Checked here: a failure inside the model's constructor reaches the user wrapped in a parser error.
-    from sentex.inference import QUANTIZED_DTYPES, read_manifest
+    from sentex.deploy.format import QUANTIZED_DTYPES, read_manifest
 
     manifest = read_manifest(Path(folder))
     routed = [*rest, f"--model={EXPORTED_MODEL}", f"--model.path={folder}", "--ckpt_path=null"]
@@ -215,6 +208,18 @@ def run_cli(cli_class: type[SentexCLI], args: list[str] | None) -> None:
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=args,
+    )
+
+
+def sentex_callbacks() -> list[Callback]:
+    """Callbacks every sentex run gets on top of the config's (fresh instances for each run)."""
+    return [TestReportWriter(), FitSummary(), RandomStateCheckpoint(), AtomicCheckpoints()]
+
+
+def extra_commands_epilog() -> str:
+    """The ``sentex --help`` lines for the commands that are not Trainer methods."""
+    return "other commands: " + "; ".join(
+        f"sentex {name} --help ({help_text.rstrip('.')})" for name, (_, help_text) in available_extra_commands().items()
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric, MetricCollection
 
-SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
+from sentex.data.tweets import SENTIMENTS
 
 
 def jaccard(a: str, b: str) -> float:
@@ -69,7 +69,34 @@ def token_f1(a: str, b: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class _MeanTextScore(Metric):
+def over_extracted(pred: str, gold: str) -> float:
+    """1.0 when the prediction has more words than the gold phrase (it over-extracts).
+
+    >>> over_extracted("so happy today", "so happy"), over_extracted("happy", "so happy")
+    (1.0, 0.0)
+    """
+    return float(len(pred.split()) > len(gold.split()))
+
+
+def under_extracted(pred: str, gold: str) -> float:
+    """1.0 when the prediction has fewer words than the gold phrase (it under-extracts).
+
+    >>> under_extracted("happy", "so happy"), under_extracted("happy so", "so happy")
+    (1.0, 0.0)
+    """
+    return float(len(pred.split()) < len(gold.split()))
+
+
+def answer_words(pred: str, gold: str) -> float:
+    """Number of words in the prediction (its mean is the answers' mean length).
+
+    >>> answer_words(" so  happy ", "x")
+    2.0
+    """
+    return float(len(pred.split()))
+
+
+class MeanTextScore(Metric):
     """Mean of a pairwise text score, kept as a sum and a count so DDP can add them up."""
 
     is_differentiable = False
@@ -97,22 +124,43 @@ class _MeanTextScore(Metric):
         return (self.total / self.count.clamp(min=1)).float()
 
 
-class WordJaccard(_MeanTextScore):
+class WordJaccard(MeanTextScore):
     """Mean competition Jaccard (:func:`jaccard`)."""
 
     score = staticmethod(jaccard)
 
 
-class ExactMatch(_MeanTextScore):
+class ExactMatch(MeanTextScore):
     """Share of predictions with exactly the gold words (:func:`exact_match`)."""
 
     score = staticmethod(exact_match)
 
 
-class TokenF1(_MeanTextScore):
+class TokenF1(MeanTextScore):
     """Mean bag-of-words F1 (:func:`token_f1`)."""
 
     score = staticmethod(token_f1)
+
+
+class OverExtraction(MeanTextScore):
+    """Share of predictions with more words than the gold (:func:`over_extracted`)."""
+
+    higher_is_better = False
+    score = staticmethod(over_extracted)
+
+
+class UnderExtraction(MeanTextScore):
+    """Share of predictions with fewer words than the gold (:func:`under_extracted`)."""
+
+    higher_is_better = False
+    score = staticmethod(under_extracted)
+
+
+class AnswerWords(MeanTextScore):
+    """Mean number of words per prediction (:func:`answer_words`): shows answers growing or shrinking."""
+
+    higher_is_better = None
+    score = staticmethod(answer_words)
 
 
 class PerSentimentJaccard(Metric):
@@ -152,13 +200,17 @@ class PerSentimentJaccard(Metric):
 
 
 def extraction_metrics(prefix: str) -> MetricCollection:
-    """One metric object for a stage: ``<prefix>jaccard``, ``exact_match``, ``token_f1``, per sentiment."""
+    """One metric object for a stage: ``<prefix>jaccard``, ``exact_match``, ``token_f1``, per sentiment,
+    and the answers' length against the gold: ``over_extraction``, ``under_extraction``, ``answer_words``."""
     return MetricCollection(
         {
             "jaccard": WordJaccard(),
             "exact_match": ExactMatch(),
             "token_f1": TokenF1(),
             "by_sentiment": PerSentimentJaccard(),
+            "over_extraction": OverExtraction(),
+            "under_extraction": UnderExtraction(),
+            "answer_words": AnswerWords(),
         },
         prefix=prefix,
         compute_groups=False,

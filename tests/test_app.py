@@ -1,4 +1,4 @@
-"""The demo app: its pure logic (``sentex.app_logic``), the ``sentex app`` launcher, and the page
+"""The demo app: its pure logic (``sentex.app.logic``), the ``sentex app`` launcher, and the page
 itself driven by Streamlit's ``AppTest`` against a real (untrained) span checkpoint.
 
 The checkpoint's predictions are meaningless; the page tests assert that what the page shows is
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from sentex import app_logic as logic
-from sentex.app import build_parser, check_launch, streamlit_command
+from sentex.app import logic
+from sentex.app.launcher import build_parser, check_launch, streamlit_command
 from sentex.errors import DataError, SentexError
 from sentex.metrics import jaccard
 from tests.conftest import TWEETS
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_FILE = ROOT / "app" / "streamlit_app.py"
+APP_FILE = ROOT / "sentex" / "app" / "streamlit_app.py"
 HEADER = "textID,text,selected_text,sentiment"
 
 
@@ -229,7 +229,7 @@ def span_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def extractor(span_ckpt: Path):
-    from sentex.inference import load
+    from sentex.deploy.load import load
 
     return load(str(span_ckpt))
 
@@ -346,7 +346,7 @@ def test_seq2seq_model_enables_generation_settings_and_uses_them(
 ) -> None:
     import torch
 
-    from sentex.inference import load
+    from sentex.deploy.load import load
     from sentex.models import Seq2SeqExtractor
 
     torch.manual_seed(0)

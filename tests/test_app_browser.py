@@ -124,7 +124,7 @@ def page(playwright_api, server: str) -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def extractor(span_ckpt: Path):
-    from sentex.inference import load
+    from sentex.deploy.load import load
 
     return load(str(span_ckpt))
 

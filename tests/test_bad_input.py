@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sentex.cli import main
-from sentex.tweets import read_tweets
+from sentex.data.tweets import read_tweets
 from tests.conftest import TWEETS, write_rows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

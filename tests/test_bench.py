@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sentex.bench import add_relative_columns, markdown_table, mean_jaccard, measure, ms_per_sample
 from sentex.cli import main as cli_main
-from sentex.export import export
-from sentex.inference import load
+from sentex.deploy.bench import add_relative_columns, markdown_table, mean_jaccard, measure, ms_per_sample
+from sentex.deploy.export import export
+from sentex.deploy.load import load
 from tests.conftest import TWEETS, write_rows
 from tests.test_inference import span_checkpoint
 

@@ -1,14 +1,17 @@
 """The ``sentex`` command as a user runs it."""
 
 import csv
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sentex.cli import main
+from sentex.models import ExtractorModule
 from tests.conftest import TWEETS, write_rows
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -50,7 +53,10 @@ def test_configs_exist() -> None:
 def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> None:
     code, out, err = run_main(["fit", "--config", str(config), "--print_config"], capsys)
     assert code == 0, err
-    assert "class_path: sentex.models." in out
+    printed = yaml.safe_load(out)
+    module, _, name = printed["model"]["class_path"].rpartition(".")
+    assert module.startswith("sentex.")
+    assert issubclass(getattr(importlib.import_module(module), name), ExtractorModule)
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -7,12 +7,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from sentex.alignment.losses import dpo_loss
+from sentex.alignment.pairs import PreferencePair
+from sentex.alignment.seq2seq import DPOSeq2SeqExtractor
+from sentex.alignment.sft import load_sft_state
+from sentex.alignment.span import DPOSpanExtractor
 from sentex.data import TweetDataModule
-from sentex.dpo import dpo_loss
 from sentex.errors import CheckpointError
 from sentex.models import Seq2SeqExtractor, SpanExtractor
-from sentex.models.dpo import DPOSeq2SeqExtractor, DPOSpanExtractor, load_sft_state
-from sentex.pairs import PreferencePair
 from tests.conftest import TWEETS, write_rows
 from tests.test_cli import CONFIGS, sentex
 
@@ -116,7 +118,7 @@ def test_span_dpo_raises_margin_and_never_touches_reference(span_sft: Path, twee
     assert all(torch.equal(v, ref_before[k]) for k, v in model.reference.state_dict().items())
     assert all(p.grad is None and not p.requires_grad for p in model.reference.parameters())
     assert not model.reference.training
-    assert not torch.equal(model.head.weight, model.reference.head.weight)  # while the policy moved
+    assert not torch.equal(model.net.head.weight, model.reference.net.head.weight)  # while the policy moved
 
 
 def test_span_dpo_checkpoint_is_a_plain_span_checkpoint(span_sft: Path, tmp_path: Path) -> None:
@@ -127,7 +129,7 @@ def test_span_dpo_checkpoint_is_a_plain_span_checkpoint(span_sft: Path, tmp_path
     assert not any(k.startswith("reference.") for k in ckpt["state_dict"])
     assert "sft_checkpoint" not in ckpt["hyper_parameters"]
     plain = SpanExtractor.load_from_checkpoint(path, weights_only=True)
-    assert torch.equal(plain.head.weight, model.head.weight)
+    assert torch.equal(plain.net.head.weight, model.net.head.weight)
     # a span model can only score answers that are spans of the tweet
     assert model.accepts_pair(PreferencePair("1", "so happy now", "positive", "happy", "so happy"))
     assert not model.accepts_pair(PreferencePair("1", "so happy now", "positive", "happy", ""))
@@ -158,12 +160,12 @@ def test_seq2seq_reference_is_the_merged_sft_model(
         ref, _ = model.pair_log_probs(batch, reference=True)
         policy, _ = model.pair_log_probs(batch, reference=False)
     assert torch.allclose(ref, expected, atol=1e-4) and torch.allclose(policy, ref, atol=1e-4)
-    frozen = {k: v.clone() for k, v in model.model.named_parameters() if "lora_" not in k}
+    frozen = {k: v.clone() for k, v in model.net.named_parameters() if "lora_" not in k}
     fit_steps(model, tweets_csv, tmp_path, steps=1)
     start = pair_margin(model, model.pairs)
     fit_steps(model, tweets_csv, tmp_path, steps=5)
     assert pair_margin(model, model.pairs) > start
-    for name, p in model.model.named_parameters():
+    for name, p in model.net.named_parameters():
         if "lora_" not in name:
             assert torch.equal(p, frozen[name]) and p.grad is None, name
     with torch.no_grad():
@@ -174,8 +176,8 @@ def test_seq2seq_dpo_checkpoint_is_a_plain_seq2seq_checkpoint(
     tiny_t5: Path, seq_sft: Path, tweets_csv: Path, tmp_path: Path
 ) -> None:
     """SFT + policy adapters are stacked into one adapter of the base: same scores, loads anywhere, resumes."""
-    from sentex.export import export
-    from sentex.inference import load
+    from sentex.deploy.export import export
+    from sentex.deploy.load import load
 
     torch.manual_seed(0)
     settings = dict(model_name_or_path=str(tiny_t5), lora_r=4, lora_target_modules=["q", "v"])
@@ -217,7 +219,7 @@ def test_dpo_settings_never_shadow_model_settings() -> None:
     """A DPO module takes its family's arguments too: one name must not mean two things."""
     import inspect
 
-    from sentex.models.dpo import DPO_ARGS
+    from sentex.alignment.module import DPO_ARGS
 
     for family in (SpanExtractor, Seq2SeqExtractor):
         assert not set(DPO_ARGS) & set(inspect.signature(family.__init__).parameters), family.__name__
@@ -226,10 +228,10 @@ def test_dpo_settings_never_shadow_model_settings() -> None:
 # --- the CLI ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_align_end_to_end(span_sft: Path, tmp_path: Path) -> None:
-    """``sentex align`` in a subprocess: pairs file, DPO logs, and a checkpoint sentex.inference loads."""
+    """``sentex align`` in a subprocess: pairs file, DPO logs, and a checkpoint sentex.deploy.load loads."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from sentex.inference import load
+    from sentex.deploy.load import load
 
     train = write_rows(tmp_path / "train.csv", TWEETS * 3)
     args = (

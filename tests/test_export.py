@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForSeq2SeqLM
 
-import sentex.export as export_module
+import sentex.deploy.export as export_module
 from sentex.cli import main as cli_main
+from sentex.deploy.export import export, folder_size
+from sentex.deploy.load import load
+from sentex.deploy.quant.int4 import Int4Linear
 from sentex.errors import CheckpointError, SentexError
-from sentex.export import export, folder_size
-from sentex.inference import load
-from sentex.int4 import Int4Linear
+from sentex.io.atomic import current_umask
 from tests.test_inference import SENTIMENTS, TEXTS, span_checkpoint, t5_checkpoint
 
 DTYPES = ["fp32", "fp16", "bf16", "int8", "int4"]
@@ -46,10 +47,10 @@ def test_merged_t5_matches_the_adapter_model(t5_ckpt: Path, tiny_t5: Path, tmp_p
     adapter = load(t5_ckpt)
     export(t5_ckpt, tmp_path / "merged", "fp32")
     merged = load(tmp_path / "merged")
-    inputs = _t5_inputs(adapter.runner.tokenizer)
+    inputs = _t5_inputs(adapter.pipeline.codec.tokenizer)
     with torch.no_grad():
-        want = adapter.runner.model(**inputs).logits
-        got = merged.runner.model(**inputs).logits
+        want = adapter.pipeline.net(**inputs).logits
+        got = merged.pipeline.net(**inputs).logits
         base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5).eval()(**inputs).logits
     assert not torch.allclose(base, want, atol=1e-3)  # the adapter really changes the model ...
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # ... and the merge keeps that change
@@ -68,15 +69,15 @@ def test_t5_every_dtype_exports_and_generates(dtype: str, t5_ckpt: Path, tmp_pat
     preds = ex.extract(TEXTS, SENTIMENTS, batch_size=4)
     assert len(preds) == len(TEXTS) and all(isinstance(p, str) for p in preds)
     if dtype == "int8":
-        ffn = ex.runner.model.decoder.block[0].layer[2].DenseReluDense
+        ffn = ex.pipeline.net.decoder.block[0].layer[2].DenseReluDense
         assert type(ffn.wo) is nn.Linear and ffn.wo.weight.dtype == torch.float32  # transformers #20287
         assert type(ffn.wi) is not nn.Linear
     elif dtype == "int4":
-        ffn = ex.runner.model.decoder.block[0].layer[2].DenseReluDense
+        ffn = ex.pipeline.net.decoder.block[0].layer[2].DenseReluDense
         assert type(ffn.wo) is nn.Linear and ffn.wo.weight.dtype == torch.float32
         assert type(ffn.wi) is Int4Linear
     else:
-        assert ex.runner.model.dtype == {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        assert ex.pipeline.net.dtype == {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -98,10 +99,10 @@ def test_int8_is_a_third_of_fp32_on_disk_and_close_in_output(span_exports: dict[
     assert folder_size(span_exports["int8"]) <= 0.35 * folder_size(span_exports["fp32"])
     assert folder_size(span_exports["fp16"]) <= 0.55 * folder_size(span_exports["fp32"])
     full, small = load(span_exports["fp32"]), load(span_exports["int8"])
-    batch = full.runner.collate([{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)])
+    batch = full.pipeline.collate([{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)])
     with torch.no_grad():
-        want = full.runner.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        got = small.runner.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        want = full.pipeline.net.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        got = small.pipeline.net.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     cos = nn.functional.cosine_similarity(want.last_hidden_state, got.last_hidden_state, dim=-1)
     cos = cos[batch["attention_mask"].bool()]
     assert cos.mean() > 0.97 and cos.min() > 0.85
@@ -114,11 +115,11 @@ def test_int4_is_smaller_than_int8_and_close_in_output(span_exports: dict[str, P
     manifest = json.loads((span_exports["int4"] / "sentex.json").read_text())
     assert manifest["weights"] == "model.int4.safetensors" and "groups of 32" in manifest["quantization"]["storage"]
     full, small = load(span_exports["fp32"]), load(span_exports["int4"])
-    assert type(small.runner.encoder.encoder.layer[0].attention.self.query) is Int4Linear
-    batch = full.runner.collate([{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)])
+    assert type(small.pipeline.net.encoder.encoder.layer[0].attention.self.query) is Int4Linear
+    batch = full.pipeline.collate([{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)])
     with torch.no_grad():
-        want = full.runner.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        got = small.runner.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        want = full.pipeline.net.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        got = small.pipeline.net.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     cos = nn.functional.cosine_similarity(want.last_hidden_state, got.last_hidden_state, dim=-1)
     assert cos[batch["attention_mask"].bool()].mean() > 0.9
 
@@ -166,7 +167,7 @@ def test_overwrite_is_refused_unless_asked(span_ckpt: Path, tmp_path: Path) -> N
     assert not (out / "model.safetensors").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     # permissions of an ordinary new folder (umask), not mkdtemp's/safetensors' private 0700/0600
-    mask = export_module.current_umask()
+    mask = current_umask()
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask
     assert all(f.stat().st_mode & 0o777 == 0o666 & ~mask for f in out.iterdir())
 

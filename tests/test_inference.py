@@ -1,4 +1,4 @@
-"""``sentex.load`` on checkpoints, and the int8 storage/runtime in ``sentex.quantize``."""
+"""``sentex.load`` on checkpoints, and the int8 storage/runtime in ``sentex.deploy.quant.int8``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM
 
-from sentex.errors import CheckpointError, SentexError
-from sentex.inference import Extractor, load
-from sentex.int4 import (
+from sentex.deploy.load import Extractor, load
+from sentex.deploy.quant.int4 import (
     Int4Linear,
     dequantize_groups,
     int4_linears,
@@ -23,8 +22,7 @@ from sentex.int4 import (
     save_int4,
     unpack_nibbles,
 )
-from sentex.models import Seq2SeqExtractor, SpanExtractor
-from sentex.quantize import (
+from sentex.deploy.quant.int8 import (
     SCALE_SUFFIX,
     dequantize_rows,
     dynamic_int8,
@@ -33,6 +31,8 @@ from sentex.quantize import (
     quantize_rows,
     save_int8,
 )
+from sentex.errors import CheckpointError, SentexError
+from sentex.models import Seq2SeqExtractor, SpanExtractor
 from tests.conftest import TWEETS
 
 TEXTS = [t[1] for t in TWEETS] + ["  Sooo SAD I will miss you!!!", "best. day. ever 😀😀 thanks", ""]
@@ -219,10 +219,10 @@ def test_bad_inputs_are_one_line_errors(span_ckpt: Path) -> None:
 def test_seq2seq_generation_settings_apply_per_call(tiny_t5: Path, tmp_path: Path) -> None:
     ex = load(t5_checkpoint(tiny_t5, tmp_path / "t5.ckpt"))
     assert ex.family == "seq2seq"
-    before = dict(ex.runner.generation)
+    before = dict(ex.pipeline.codec.generation)
     short = ex.extract(TEXTS[:4], SENTIMENTS[:4], max_new_tokens=1)
     assert all(len(p) <= 4 for p in short)  # one token of the byte-level tokenizer is at most one character
-    assert ex.runner.generation == before
+    assert ex.pipeline.codec.generation == before
 
 
 def test_missing_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:

@@ -66,7 +66,17 @@ def test_per_sentiment_breakdown_and_collection_keys() -> None:
         "val/jaccard_positive",
         "val/jaccard_neutral",
         "val/jaccard_negative",
+        "val/over_extraction",
+        "val/under_extraction",
+        "val/answer_words",
     }
+    # "really love" vs "love this": same length; "a" vs "a"; "b" vs "c": no row longer or shorter
+    assert out["val/over_extraction"] == 0.0 and out["val/under_extraction"] == 0.0
+    assert out["val/answer_words"] == pytest.approx((2 + 1 + 1) / 3)
+    m.reset()
+    m.update(["so happy today", "sad"], ["so happy", "very sad"], ["positive", "negative"])
+    out = {k: v.item() for k, v in m.compute().items()}
+    assert out["val/over_extraction"] == 0.5 and out["val/under_extraction"] == 0.5
 
 
 def test_per_sentiment_omits_unseen_sentiments_and_rejects_missing() -> None:

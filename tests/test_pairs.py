@@ -1,4 +1,4 @@
-"""Preference-pair building and the JSONL format (sentex.pairs)."""
+"""Preference-pair building and the JSONL format (sentex.alignment.pairs)."""
 
 import json
 import random
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sentex.errors import DataError
-from sentex.pairs import (
+from sentex.alignment.pairs import (
     GENERATORS,
     PreferencePair,
     build_pairs,
@@ -21,6 +20,7 @@ from sentex.pairs import (
     reject_other_span,
     write_pairs,
 )
+from sentex.errors import DataError
 from tests.conftest import TWEETS
 
 WORDS = "we had the best time at the beach today and then it rained so hard".split()
@@ -97,7 +97,7 @@ def test_on_policy_pairs_are_the_models_imperfect_answers() -> None:
     assert {p.textID for p in mined} == {
         r["textID"] for i, r in enumerate(rows) if i % 2 == 0 and r["text"].strip() != r["selected_text"]
     }
-    pairs = build_pairs(rows, {"on_policy": 1.0}, count=100, on_policy=mined)
+    pairs = build_pairs(rows, {"on_policy": 1.0}, count=100, mined={"on_policy": mined})
     assert sorted(p.textID for p in pairs) == sorted(p.textID for p in mined)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentex.callbacks import RandomStateCheckpoint
-from sentex.sampling import LengthBucketBatchSampler, ResumableRandomSampler
-from sentex.writers import atomic_path
+from sentex.data.sampling import LengthBucketBatchSampler, ResumableRandomSampler
+from sentex.io.atomic import atomic_path
+from sentex.training.callbacks import RandomStateCheckpoint
 from tests.test_resume import many_tweets, run_sentex, tiny_fit_args
 
 

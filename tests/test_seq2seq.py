@@ -9,7 +9,7 @@ import torch
 from sentex.data import TweetDataModule
 from sentex.errors import NonFiniteLossError
 from sentex.models import Seq2SeqExtractor
-from sentex.models.seq2seq import restore_source_case
+from sentex.models.components.seq2seq_codec import restore_source_case
 from tests.conftest import TWEETS, write_rows
 
 ALL_T5_LINEAR = ["q", "k", "v", "o", "wi", "wo"]
@@ -102,7 +102,7 @@ def test_checkpoint_holds_only_adapter_and_restores_predictions(overfit, tiny_t5
 
 def test_gradient_checkpointing_still_trains_lora(tiny_t5: Path, tweets_csv: Path) -> None:
     model = tiny_module(tiny_t5, gradient_checkpointing=True)
-    model.model.train()
+    model.net.train()
     rows = [{"textID": t[0], "text": t[1], "selected_text": t[2], "sentiment": t[3]} for t in TWEETS]
     model.compute_loss(model.collate(rows)).backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]

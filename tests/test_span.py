@@ -11,7 +11,7 @@ import torch
 
 from sentex.errors import CheckpointError
 from sentex.models import Seq2SeqExtractor, SpanExtractor
-from sentex.models.span import IGNORE, best_spans, smoothed_span_nll
+from sentex.models.components.span_math import IGNORE, best_spans, pair_log_probs, smoothed_span_nll
 from tests.conftest import TWEETS
 
 HARD_TWEETS = [
@@ -59,8 +59,8 @@ def test_best_spans_respects_order_band_and_mask() -> None:
     end = torch.log_softmax(torch.tensor([[9.0, 0.0, 1.0, 4.0, 0.0]]), dim=-1)
     allowed = torch.tensor([[False, True, True, True, False]])
     # best allowed start is 1; ends before the start (0) and outside the tweet (4) are excluded
-    assert best_spans(logp, end, allowed, max_span=8).tolist() == [[1, 3]]
-    assert best_spans(logp, end, allowed, max_span=2).tolist() == [[1, 2]]
+    assert best_spans(pair_log_probs(logp, end, None, allowed, max_span=8)).tolist() == [[1, 3]]
+    assert best_spans(pair_log_probs(logp, end, None, allowed, max_span=2)).tolist() == [[1, 2]]
 
 
 def test_smoothed_nll_is_plain_nll_at_zero_and_never_smooths_onto_masked_tokens() -> None:
@@ -81,7 +81,7 @@ def test_smoothed_nll_is_plain_nll_at_zero_and_never_smooths_onto_masked_tokens(
 
 
 def test_linear_schedule_decays_to_zero() -> None:
-    from sentex.optim import build_optimizer
+    from sentex.training.optim import build_optimizer
 
     model = torch.nn.Linear(2, 2)
     optimizer, scheduler = build_optimizer(model, 1e-3, 0.0, warmup_steps=2, total_steps=10, schedule="linear")
@@ -96,7 +96,7 @@ def test_linear_schedule_decays_to_zero() -> None:
 
 
 def test_packaged_model_loads_with_network_off(tmp_path: Path) -> None:
-    code = "from sentex.models import SpanExtractor; m = SpanExtractor(); print(m.encoder.config.num_hidden_layers)"
+    code = "from sentex.models import SpanExtractor; m = SpanExtractor(); print(m.net.encoder.config.num_hidden_layers)"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -112,8 +112,8 @@ def test_lora_variant_trains_only_adapter_and_head(tweets_csv: Path, tmp_path: P
                enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path).fit(
         model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv), batch_size=4))  # fmt: skip
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and all("lora_" in k or k.startswith("head.") for k in changed)
-    assert {"head.weight", "head.bias"} <= changed
+    assert changed and all("lora_" in k or k.startswith("net.head.") for k in changed)
+    assert {"net.head.weight", "net.head.bias"} <= changed
 
 
 def test_checkpoint_of_another_family_is_refused(tiny_t5: Path, tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from sentex.data import TweetDataModule
+from sentex.data.tweets import read_tweets
 from sentex.errors import DataError
-from sentex.tweets import read_tweets
 from tests.conftest import TWEETS, write_rows
 
 
@@ -110,7 +110,7 @@ def test_explicit_val_path_and_missing_predict_path(tweets_csv: Path) -> None:
 
 
 def test_length_buckets_cover_every_row_once_and_group_lengths() -> None:
-    from sentex.sampling import LengthBucketBatchSampler
+    from sentex.data.sampling import LengthBucketBatchSampler
 
     lengths = [(i * 37) % 101 for i in range(1000)]
     sampler = LengthBucketBatchSampler(lengths, batch_size=8, seed=1, window_batches=10)

@@ -1,8 +1,8 @@
-"""sentex model families: each is an :class:`~sentex.models.base.ExtractorModule`."""
+"""Stage 2, models: the LightningModules of each family (``span``, ``seq2seq``) over the plain networks
+and codecs of :mod:`sentex.models.components`."""
 
 from sentex.models.base import ExtractorModule
-from sentex.models.exported import ExportedExtractor
 from sentex.models.seq2seq import Seq2SeqExtractor
 from sentex.models.span import SpanExtractor
 
-__all__ = ["ExportedExtractor", "ExtractorModule", "Seq2SeqExtractor", "SpanExtractor"]
+__all__ = ["ExtractorModule", "Seq2SeqExtractor", "SpanExtractor"]

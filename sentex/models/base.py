@@ -14,10 +14,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from sentex import __version__
 from sentex.errors import CheckpointError, NonFiniteLossError
 from sentex.metrics import extraction_metrics, jaccard
-from sentex.optim import build_optimizer
+from sentex.training.optim import build_optimizer
+from sentex.version import __version__
 
 Batch = dict[str, Any]
 
@@ -32,6 +32,8 @@ class ExtractorModule(pl.LightningModule):
     """
 
     family: ClassVar[str] = "base"
+    # Old state-dict key prefix → current one, for checkpoints of an earlier module layout.
+    legacy_prefixes: ClassVar[dict[str, str]] = {}
 
     def __init__(self, learning_rate: float, weight_decay: float, warmup_steps: int) -> None:
         super().__init__()
@@ -151,20 +153,40 @@ class ExtractorModule(pl.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["sentex"] = {"family": self.family, "version": __version__}
 
+    def _checkpoint_name(self) -> str:
+        """``"<path>: "`` of the checkpoint the trainer is restoring, so errors name the file ("" if unknown)."""
+        path = self._trainer.ckpt_path if self._trainer is not None else None
+        return f"{path}: " if path else ""
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        where = self._checkpoint_name()
         meta = checkpoint.get("sentex")
         if meta is None:
-            raise CheckpointError("checkpoint was not written by sentex (no 'sentex' entry)")
+            raise CheckpointError(f"{where}checkpoint was not written by sentex (no 'sentex' entry)")
         if meta.get("family") != self.family:
             raise CheckpointError(
-                f"checkpoint is a '{meta.get('family')}' model but the config builds a '{self.family}' model;"
+                f"{where}checkpoint is a '{meta.get('family')}' model but the config builds a '{self.family}' model;"
                 " use the config the checkpoint was trained with"
             )
+        checkpoint["state_dict"] = rename_legacy_keys(checkpoint["state_dict"], self.legacy_prefixes)
         saved, expected = set(checkpoint["state_dict"]), self.trainable_state_keys()
         unknown, missing = saved - set(self.state_dict()), expected - saved
         if unknown or missing:
             example = sorted(unknown or missing)[0]
             raise CheckpointError(
-                f"checkpoint does not fit this model: {len(unknown)} unknown and {len(missing)} missing "
+                f"{where}checkpoint does not fit this model: {len(unknown)} unknown and {len(missing)} missing "
                 f"weights (e.g. '{example}'); were model settings (LoRA rank, target modules) changed?"
             )
+
+
+def rename_legacy_keys(state: dict[str, Any], prefixes: dict[str, str]) -> dict[str, Any]:
+    """``state`` with keys that start with an old prefix renamed to the new one (order kept).
+
+    >>> list(rename_legacy_keys({"head.w": 1, "net.x": 2}, {"head.": "net.head."}))
+    ['net.head.w', 'net.x']
+    """
+    out = {}
+    for key, value in state.items():
+        old = next((p for p in prefixes if key.startswith(p)), None)
+        out[prefixes[old] + key[len(old) :] if old else key] = value
+    return out

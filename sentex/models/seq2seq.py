@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from sentex.models.base import Batch, ExtractorModule
-from sentex.models.lora import apply_lora, enable_gradient_checkpointing
-from sentex.pretrained import resolve_model_path
-
-DEFAULT_PROMPT = "Extract the {sentiment} sentiment phrase from: {text}"
-
-
-def restore_source_case(prediction: str, text: str) -> str:
-    """Return the tweet's own spelling of ``prediction`` when it occurs in ``text`` ignoring case.
-
-    Generation may change case or spacing; where the phrase is really in the tweet we answer with
-    the tweet's exact substring, otherwise with the stripped generated text.
-
-    >>> restore_source_case("sooo sad", " Sooo SAD I will miss you")
-    'Sooo SAD'
-    >>> restore_source_case(" not there ", "something else")
-    'not there'
-    """
-    cleaned = " ".join(prediction.split())
-    start = text.lower().find(cleaned.lower()) if cleaned else -1
-    return text[start : start + len(cleaned)] if start >= 0 else cleaned
+from sentex.models.components.lora import apply_lora, enable_gradient_checkpointing
+from sentex.models.components.pretrained import resolve_model_path
+from sentex.models.components.seq2seq_codec import DEFAULT_PROMPT, Seq2SeqCodec
 
 
 class Seq2SeqExtractor(ExtractorModule):
     """A seq2seq LM that generates the sentiment phrase from a prompt, fine-tuned with LoRA.
+
+    The network is ``self.net`` (the transformers model, LoRA-wrapped); prompting, labels and
+    decoding are ``self.codec`` (:class:`~sentex.models.components.seq2seq_codec.Seq2SeqCodec`).
 
     Args:
         model_name_or_path: Hugging Face model id or local folder.
@@ -50,6 +36,8 @@ class Seq2SeqExtractor(ExtractorModule):
     """
 
     family = "seq2seq"
+    # Checkpoints written before the network was renamed ``net`` (sentex 0.1).
+    legacy_prefixes: ClassVar[dict[str, str]] = {"model.": "net."}
 
     def __init__(
         self,
@@ -69,11 +57,10 @@ class Seq2SeqExtractor(ExtractorModule):
     ) -> None:
         super().__init__(learning_rate, weight_decay, warmup_steps)
         self.save_hyperparameters()
-        for field in ("{sentiment}", "{text}"):
-            if field not in prompt_template:
-                raise ValueError(f"model.prompt_template must contain {field}")
         path = resolve_model_path(model_name_or_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.codec = Seq2SeqCodec(
+            AutoTokenizer.from_pretrained(path), prompt_template, max_length, max_target_length, generation
+        )
         model = AutoModelForSeq2SeqLM.from_pretrained(path)
         if gradient_checkpointing:
             enable_gradient_checkpointing(model)
@@ -82,53 +69,32 @@ class Seq2SeqExtractor(ExtractorModule):
                 model, lora_r, lora_alpha, lora_dropout, lora_target_modules or ["q", "v"], "SEQ_2_SEQ_LM"
             )
         # from_pretrained returns eval mode; Lightning keeps submodule modes, so switch dropout on.
-        self.model = model.train()
-        self.generation = {"num_beams": 1, "max_new_tokens": 64, **(generation or {})}
+        self.net = model.train()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.codec.tokenizer
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """``generate`` settings used by validation, test and predict."""
+        return self.codec.generation
 
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
-        batch: Batch = {k: [r[k] for r in rows] for k in rows[0]}
-        prompts = [self.hparams.prompt_template.format(sentiment=r["sentiment"], text=r["text"]) for r in rows]
-        enc = self.tokenizer(
-            prompts, max_length=self.hparams.max_length, truncation=True, padding=True, return_tensors="pt"
-        )
-        batch.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-        if "selected_text" in batch:
-            batch["labels"] = self.target_labels(batch["selected_text"])
-        return batch
+        return self.codec.collate(rows)
 
     def compute_loss(self, batch: Batch) -> torch.Tensor:
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss
 
     @torch.no_grad()
     def extract(self, batch: Batch) -> list[str]:
-        ids = self.model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **self.generation
-        )
-        decoded = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [restore_source_case(d, t) for d, t in zip(decoded, batch["text"])]
+        return self.codec.extract(self.net, batch)
 
     def target_labels(self, phrases: list[str]) -> torch.Tensor:
-        """Padded label ids of ``phrases`` (``-100`` on padding): gold phrases in ``collate``, DPO rejections."""
-        labels = self.tokenizer(
-            phrases, max_length=self.hparams.max_target_length, truncation=True, padding=True, return_tensors="pt"
-        )["input_ids"]
-        labels[labels == self.tokenizer.pad_token_id] = -100
-        return labels
+        """Padded label ids of ``phrases``; see :meth:`Seq2SeqCodec.target_labels`."""
+        return self.codec.target_labels(phrases)
 
     def sequence_log_probs(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
         """Summed log-probability of each row's target tokens given its prompt (DPO's sequence score)."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
-        return label_log_probs(logits, labels)
-
-
-def label_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum over positions of ``log softmax(logits)[label]``, skipping ``-100`` labels.
-
-    >>> logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))
-    >>> round(label_log_probs(logits, torch.tensor([[1, -100]])).exp().item(), 4)
-    0.5
-    """
-    mask = labels != -100
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return (logp * mask).sum(dim=-1)
+        return self.codec.sequence_log_probs(self.net, batch, labels)

@@ -12,7 +12,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sentex.errors import CheckpointError
-from sentex.writers import atomic_path
+from sentex.io.atomic import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -33,10 +33,7 @@ from torch import nn
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-INT8_WEIGHTS = "model.int8.safetensors"
 SCALE_SUFFIX = ".int8_scale"
-# Per model family: module names (last component) kept in float32 when quantizing.
-KEEP_FP32 = {"seq2seq": ("wo",), "span": ()}
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from sentex.errors import SentexError
-from sentex.writers import atomic_path, write_csv
+from sentex.io.atomic import atomic_path
+from sentex.training.writers import write_csv
 
 BATCH_SIZES = (1, 4, 8, 16)
 
@@ -91,9 +92,9 @@ def measure(
     path: str, val_path: str, batch_sizes: Sequence[int], latency_rows: int, repeats: int = 1, report: Any = None
 ) -> dict:
     """Every number of one model; ``report(step)`` is called after each step (for a progress bar)."""
-    from sentex.export import folder_size
-    from sentex.inference import load
-    from sentex.tweets import read_tweets
+    from sentex.data.tweets import read_tweets
+    from sentex.deploy.export import folder_size
+    from sentex.deploy.load import load
 
     report = report or (lambda step: None)
     table = read_tweets(val_path, require_labels=True)
@@ -279,7 +280,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``sentex bench``."""
-    from sentex.tweets import read_tweets
+    from sentex.data.tweets import read_tweets
 
     args = parse_args(argv or [])
     read_tweets(args.val_path, require_labels=True)  # fail on a bad CSV before starting any model

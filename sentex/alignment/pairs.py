@@ -7,7 +7,10 @@
 * ``other_span`` — a wrong phrase: words of the tweet that do not overlap the gold;
 * ``empty`` — the empty answer (a span model cannot express it; it filters it out);
 * ``on_policy`` — the SFT model's own answer where its Jaccard to gold is below 1, the mistakes
-  DPO should move away from (https://arxiv.org/abs/2305.18290, section 6: on-policy data matters).
+  DPO should move away from (https://arxiv.org/abs/2305.18290, section 6: on-policy data matters);
+* ``graded`` — pairs among the SFT model's own top-k answers and the gold, the one with the higher
+  Jaccard to gold chosen (:func:`graded_pairs`), length-balanced over the whole set
+  (:func:`balance_lengths`) so that "longer" or "shorter" alone never predicts "chosen".
 
 Every generated ``rejected`` except ``empty`` is an exact substring of the tweet, so a span model
 can score it. Building is seeded, de-duplicated, never yields ``chosen == rejected`` (compared as
@@ -24,14 +27,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sentex.data.tweets import SENTIMENTS
 from sentex.errors import DataError
-from sentex.metrics import SENTIMENTS, jaccard
-from sentex.writers import atomic_path
+from sentex.io.atomic import atomic_path
+from sentex.metrics import jaccard
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC_KINDS = ("whole_tweet", "grow", "cut", "other_span", "empty")
-KINDS = (*SYNTHETIC_KINDS, "on_policy")
+MINED_KINDS = ("on_policy", "graded")  # need the SFT model's answers
+KINDS = (*SYNTHETIC_KINDS, *MINED_KINDS)
 FIELDS = ("text", "sentiment", "chosen", "rejected")
 
 
@@ -185,8 +190,71 @@ def mine_on_policy(rows: Iterable[dict[str, str]], predictions: Sequence[str]) -
     return out
 
 
-def _pair(row: dict[str, str], rejected: str, source: str) -> PreferencePair:
-    return PreferencePair(row["textID"], row["text"], row["sentiment"], row["selected_text"], rejected, source)
+def graded_pairs(
+    row: dict[str, str], candidates: Sequence[str], margin: float = 0.1, per_tweet: int = 4, seed: int = 0
+) -> list[PreferencePair]:
+    """Pairs among ``candidates`` and the gold phrase, the higher Jaccard to gold chosen, gap ≥ ``margin``.
+
+    Args:
+        row: the labelled tweet.
+        candidates: the model's own answers for it (e.g. its top-k spans).
+        margin: smallest Jaccard difference between chosen and rejected.
+        per_tweet: at most this many pairs from one tweet (drawn at random, seeded).
+        seed: seed of that draw.
+
+    >>> row = {"textID": "t", "text": "so happy today yay", "selected_text": "so happy", "sentiment": "positive"}
+    >>> pairs = graded_pairs(row, ["so happy today", "happy", "yay"], per_tweet=10)
+    >>> [(p.chosen, p.rejected) for p in pairs][:3]
+    [('so happy', 'so happy today'), ('so happy', 'happy'), ('so happy', 'yay')]
+    >>> all(normalize(p.chosen) != normalize(p.rejected) for p in pairs)
+    True
+    """
+    gold = row["selected_text"]
+    pool: dict[str, str] = {}
+    for answer in (gold, *candidates):
+        if answer.strip():
+            pool.setdefault(normalize(answer), answer)
+    scored = sorted(((jaccard(a, gold), a) for a in pool.values()), key=lambda x: -x[0])
+    pairs = [
+        _pair(row, rejected, "graded", chosen=chosen)
+        for i, (hi, chosen) in enumerate(scored)
+        for lo, rejected in scored[i + 1 :]
+        if hi - lo >= margin
+    ]
+    if len(pairs) > per_tweet:
+        keep = sorted(random.Random(f"{seed}:{row['textID']}").sample(range(len(pairs)), per_tweet))
+        pairs = [pairs[i] for i in keep]
+    return pairs
+
+
+def length_gap(pair: PreferencePair) -> int:
+    """Words of ``chosen`` minus words of ``rejected``.
+
+    >>> length_gap(PreferencePair("t", "a b c", "positive", "a b", "c"))
+    1
+    """
+    return len(pair.chosen.split()) - len(pair.rejected.split())
+
+
+def balance_lengths(pairs: Sequence[PreferencePair], seed: int = 0) -> list[PreferencePair]:
+    """Keep as many chosen-longer as chosen-shorter pairs (a seeded sample of the larger side) and all ties.
+
+    >>> mk = lambda c, r: PreferencePair("t", "a b c d", "positive", c, r)
+    >>> out = balance_lengths([mk("a b", "a"), mk("a b c", "a"), mk("a", "a b"), mk("a", "b")])
+    >>> sorted((length_gap(p) > 0) - (length_gap(p) < 0) for p in out)  # one longer, one tie, one shorter
+    [-1, 0, 1]
+    """
+    longer = [p for p in pairs if length_gap(p) > 0]
+    shorter = [p for p in pairs if length_gap(p) < 0]
+    n = min(len(longer), len(shorter))
+    rng = random.Random(seed)
+    keep = {id(p) for p in (*rng.sample(longer, n), *rng.sample(shorter, n))}
+    return [p for p in pairs if length_gap(p) == 0 or id(p) in keep]
+
+
+def _pair(row: dict[str, str], rejected: str, source: str, chosen: str | None = None) -> PreferencePair:
+    chosen = row["selected_text"] if chosen is None else chosen
+    return PreferencePair(row["textID"], row["text"], row["sentiment"], chosen, rejected, source)
 
 
 def build_pairs(
@@ -194,7 +262,7 @@ def build_pairs(
     mix: dict[str, float],
     count: int,
     seed: int = 0,
-    on_policy: Sequence[PreferencePair] = (),
+    mined: dict[str, Sequence[PreferencePair]] | None = None,
     accept: Callable[[PreferencePair], bool] | None = None,
 ) -> list[PreferencePair]:
     """Draw up to ``count`` distinct pairs, each kind filling its share of the mix.
@@ -204,7 +272,8 @@ def build_pairs(
         mix: kind → weight (kinds: :data:`KINDS`).
         count: pairs wanted in total; a kind that runs out of usable rows leaves its share unfilled.
         seed: seed of row order and of the random edits.
-        on_policy: mined pairs (:func:`mine_on_policy`) to draw the ``on_policy`` share from.
+        mined: kind → pairs made from the SFT model's answers (:func:`mine_on_policy`,
+            :func:`graded_pairs`), to draw those kinds' shares from.
         accept: extra filter, e.g. a span model's "both answers are spans of the tweet".
 
     Returns:
@@ -217,8 +286,9 @@ def build_pairs(
     for kind, quota in want.items():
         if quota == 0:
             continue
-        if kind == "on_policy":
-            candidates = iter(rng.sample(list(on_policy), len(on_policy)))
+        if kind in MINED_KINDS:
+            pool = list((mined or {}).get(kind, ()))
+            candidates = iter(rng.sample(pool, len(pool)))
         else:
             candidates = _synthetic(rows, kind, rng)
         taken = 0

@@ -25,9 +25,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sentex.quantize import is_kept, plain_tensor, stored_tensors, untied_state
+from sentex.deploy.quant.int8 import is_kept, plain_tensor, stored_tensors, untied_state
 
-INT4_WEIGHTS = "model.int4.safetensors"
 GROUP_SIZE = 32
 SCALE_SUFFIX, ZERO_SUFFIX = ".int4_scale", ".int4_zero"
 

@@ -1,6 +1,6 @@
 """What the Streamlit demo page does, minus the widgets: so it is testable without a browser.
 
-The page (``app/streamlit_app.py``) only lays out widgets and calls these functions: choosing the
+The page (``sentex/app/streamlit_app.py``) only lays out widgets and calls these functions: choosing the
 model, highlighting the phrase in the tweet, checking an uploaded CSV, running a batch with a
 progress callback, scoring it, and turning results into downloadable CSV bytes.
 """
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from sentex.data.tweets import SENTIMENTS, TweetTable, read_tweets
 from sentex.errors import DataError
-from sentex.metrics import SENTIMENTS, jaccard
-from sentex.tweets import TweetTable, read_tweets
+from sentex.metrics import jaccard
 
 MODEL_ENV = "SENTEX_MODEL"
 QUICKSTART_COMMAND = "sentex fit --config configs/quickstart.yaml"
@@ -35,7 +35,7 @@ EXAMPLES: dict[str, str] = {
 
 
 class Extractor(Protocol):
-    """The part of :class:`sentex.inference.Extractor` the app uses."""
+    """The part of :class:`sentex.deploy.load.Extractor` the app uses."""
 
     family: str
     info: dict[str, Any]

@@ -1,4 +1,5 @@
-"""Callbacks every sentex run gets: terminal output at the end of a run, RNG state in checkpoints."""
+"""Callbacks every sentex run gets: terminal output at the end of a run, RNG state in checkpoints,
+crash-safe checkpoint writes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from rich.console import Console
 from rich.table import Table
+
+from sentex.io.checkpoints import AtomicCheckpointIO
 
 
 def metrics_table(title: str, metrics: dict[str, torch.Tensor | float]) -> Table:
@@ -74,3 +78,15 @@ class RandomStateCheckpoint(Callback):
         np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached"]))
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class AtomicCheckpoints(Callback):
+    """Make the trainer write checkpoints through :class:`~sentex.io.checkpoints.AtomicCheckpointIO`.
+
+    Set in ``setup``, which Lightning runs before it restores or saves any checkpoint. A checkpoint
+    IO the user configured (a plugin, or a strategy's own, e.g. DeepSpeed's) is left alone.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()

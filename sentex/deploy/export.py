@@ -1,76 +1,48 @@
-"""``sentex export``: a checkpoint → a self-contained model folder (LoRA merged, optionally int8).
+"""``sentex export``: a checkpoint → a self-contained model folder (LoRA merged, optionally quantized).
 
-Layout of the folder::
-
-    sentex.json              manifest: family, base model, LoRA, settings, metrics, dtype, version
-    README.md                model card
-    config.json              transformers config (encoder for span, full model for seq2seq)
-    model.safetensors        fp32 / fp16 / bf16 weights (plain ``from_pretrained`` loads them)
-    model.int8.safetensors   int8 weights instead, for dtype int8 (see :mod:`sentex.quantize`)
-    model.int4.safetensors   4-bit weights instead, for dtype int4 (see :mod:`sentex.int4`)
-    head.safetensors         span only: start/end head ``nn.Linear(hidden, 2)``, float32
-    tokenizer files
-
-LoRA is merged into the base in float32 first (``merge_and_unload``); only the merged model is
-cast or quantized, never merged into an already-quantized base. The folder is built under a
-temporary name beside the target and renamed into place at the end, so an interrupted export
+The folder's layout, file names and manifest are defined in :mod:`sentex.deploy.format`. LoRA is
+merged into the base in float32 first (``merge_and_unload``); only the merged model is cast or
+quantized, never merged into an already-quantized base. The folder is built under a temporary name
+beside the target, flushed to disk and renamed into place at the end, so an interrupted export
 leaves nothing at the target.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sentex import __version__
+from sentex.deploy.format import (
+    CARD,
+    DTYPES,
+    FORMAT_VERSION,
+    HEAD_WEIGHTS,
+    KEEP_FP32,
+    QUANTIZERS,
+    TORCH_DTYPES,
+    weights_file,
+    write_manifest,
+)
+from sentex.deploy.load import checkpoint_metrics, module_from_checkpoint
+from sentex.deploy.model_card import render_card
 from sentex.errors import SentexError
-from sentex.inference import DTYPES, HEAD_WEIGHTS, MANIFEST, TORCH_DTYPES, checkpoint_metrics, module_from_checkpoint
-from sentex.int4 import GROUP_SIZE, INT4_WEIGHTS, save_int4
-from sentex.model_card import render_card
-from sentex.models import ExtractorModule
-from sentex.quantize import INT8_WEIGHTS, KEEP_FP32, save_int8
-from sentex.writers import current_umask
-
-
-class Quantizer(NamedTuple):
-    """How an int dtype is written, and what the manifest says of it."""
-
-    weights: str
-    save: Callable[[nn.Module, Path, Sequence[str]], None]
-    storage: str
-    runtime: str
-
-
-QUANTIZERS = {
-    "int8": Quantizer(
-        INT8_WEIGHTS,
-        save_int8,
-        "symmetric per-row int8 weights + float32 scales (Linear and Embedding)",
-        "torch dynamic int8 Linear (quantize_dynamic, per-channel weights); embeddings float32",
-    ),
-    "int4": Quantizer(
-        INT4_WEIGHTS,
-        save_int4,
-        f"asymmetric 4-bit weights in groups of {GROUP_SIZE} + float32 scale/offset (Linear and Embedding)",
-        "torch int4 weight-only Linear (_weight_int4pack_mm_for_cpu, bf16 activations); embeddings float32",
-    ),
-}
+from sentex.io.atomic import make_ordinary, replace_folder
+from sentex.models.base import ExtractorModule
+from sentex.version import __version__
 
 
 def merged_network(module: ExtractorModule) -> tuple[nn.Module, dict[str, Any] | None]:
     """The module's transformers model with any LoRA adapter merged in, and the LoRA settings."""
-    network = module.encoder if module.family == "span" else module.model
+    network = module.net.encoder if module.family == "span" else module.net
     peft_config = getattr(network, "peft_config", None)
     if not peft_config:
         return network, None
@@ -83,19 +55,6 @@ def merged_network(module: ExtractorModule) -> tuple[nn.Module, dict[str, Any] |
         "merged": True,
     }
     return network.merge_and_unload(), lora
-
-
-def settings_of(module: ExtractorModule) -> dict[str, Any]:
-    """What inference needs besides weights (the runner's ``hparams``)."""
-    hp = module.hparams
-    if module.family == "span":
-        return {k: hp[k] for k in ("max_length", "max_span_tokens", "neutral_full_tweet")}
-    return {
-        "prompt_template": hp.prompt_template,
-        "max_length": hp.max_length,
-        "max_target_length": hp.max_target_length,
-        "generation": dict(module.generation),
-    }
 
 
 def build_manifest(module: ExtractorModule, ckpt: dict[str, Any], lora: dict | None, dtype: str, source: Path) -> dict:
@@ -111,13 +70,13 @@ def build_manifest(module: ExtractorModule, ckpt: dict[str, Any], lora: dict | N
         }
     return {
         "format": "sentex-export",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "family": module.family,
         "base_model": hparams.get("model_name_or_path"),
         "dtype": dtype,
-        "weights": quantizer.weights if quantizer else "model.safetensors",
+        "weights": weights_file(dtype),
         "lora": lora,
-        "settings": settings_of(module),
+        "settings": module.codec.settings(),
         "quantization": quantization,
         "hyper_parameters": hparams,
         "metrics": checkpoint_metrics(ckpt),
@@ -144,10 +103,9 @@ def write_export(module: ExtractorModule, ckpt: dict[str, Any], source: Path, fo
     write_weights(network.eval(), folder, dtype, module.family)
     module.tokenizer.save_pretrained(folder)
     if module.family == "span":
-        head = {k: v.detach().float().contiguous() for k, v in module.head.state_dict().items()}
-        save_file(head, str(folder / HEAD_WEIGHTS))
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-    (folder / "README.md").write_text(render_card(manifest), encoding="utf-8")
+        save_file(module.net.head_state(), str(folder / HEAD_WEIGHTS))
+    write_manifest(folder, manifest)
+    (folder / CARD).write_text(render_card(manifest), encoding="utf-8")
     return manifest
 
 
@@ -173,29 +131,6 @@ def export(ckpt_path: str | Path, out: str | Path, dtype: str = "fp32", overwrit
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
-
-
-def make_ordinary(folder: Path) -> None:
-    """Give the folder and its files the permissions of newly created ones (umask).
-
-    ``mkdtemp`` and safetensors' writer create them private (0700/0600), which would surprise
-    anyone sharing or serving the export.
-    """
-    mask = current_umask()
-    folder.chmod(0o777 & ~mask)
-    for file in folder.rglob("*"):
-        file.chmod((0o777 if file.is_dir() else 0o666) & ~mask)
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first and deleted after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-    os.rename(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def folder_size(path: Path) -> int:

@@ -18,10 +18,9 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from sentex.data.sampling import LengthBucketBatchSampler, ResumableRandomSampler
+from sentex.data.tweets import SENTIMENTS, read_tweets
 from sentex.errors import DataError
-from sentex.metrics import SENTIMENTS
-from sentex.sampling import LengthBucketBatchSampler, ResumableRandomSampler
-from sentex.tweets import read_tweets
 
 
 class TweetDataModule(pl.LightningDataModule):

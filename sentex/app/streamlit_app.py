@@ -4,7 +4,7 @@
 
 PATH is an exported model folder (``sentex export``) or a sentex ``.ckpt``; without it the page
 uses ``$SENTEX_MODEL``, else the newest quickstart checkpoint under ``lightning_logs/``. The page
-only lays out widgets: inference is ``sentex.inference``, everything else ``sentex.app_logic``.
+only lays out widgets: inference is ``sentex.deploy.load``, everything else ``sentex.app.logic``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import streamlit as st
 
-from sentex import app_logic as logic
+from sentex.app import logic
+from sentex.data.tweets import SENTIMENTS
 from sentex.errors import SentexError
-from sentex.metrics import SENTIMENTS
 
 PREVIEW_ROWS = 200
 
@@ -25,7 +25,7 @@ PREVIEW_ROWS = 200
 @st.cache_resource(show_spinner="Loading model…")
 def get_extractor(path: str) -> logic.Extractor:
     """Load the model once per server process (every session and rerun shares it)."""
-    from sentex.inference import load
+    from sentex.deploy.load import load
 
     return load(path)
 

@@ -1,7 +1,7 @@
-"""``sentex app``: serve a model in the Streamlit demo page (``app/streamlit_app.py``).
+"""``sentex app``: serve a model in the Streamlit demo page (``sentex/app/streamlit_app.py``, shipped in the package).
 
 This is a launcher only: it checks the arguments, then runs
-``streamlit run app/streamlit_app.py -- --model PATH`` so that the page is the same whether it is
+``streamlit run <sentex>/app/streamlit_app.py -- --model PATH`` so that the page is the same whether it is
 started through sentex or through Streamlit directly.
 """
 
@@ -13,11 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from sentex.app_logic import MODEL_ENV, QUICKSTART_COMMAND
+from sentex.app.logic import MODEL_ENV, QUICKSTART_COMMAND
 from sentex.errors import SentexError
 
 # The page lives beside the package in a source checkout (``pip install -e .``).
-APP_FILE = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+APP_FILE = Path(__file__).resolve().parent / "streamlit_app.py"  # package data: works from a wheel too
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,24 +1,23 @@
 """``load(path)``: one extractor for an exported folder or a sentex checkpoint::
 
-    from sentex.inference import load
+    from sentex.deploy.load import load
     ex = load("models/sentex-int8")  # or a .ckpt
     ex.extract(["my phone died again, worst day"], ["negative"])  # -> ['worst day']
 
-Both sources end in the same thing: a *runner* with the training module's own ``collate`` and
-``extract``, so an exported model tokenizes and decodes exactly like the model that was validated.
-An exported folder (see :mod:`sentex.export` for the layout) is read without the base model; a
+Both sources end in the same thing: an :class:`~sentex.models.components.pipeline.InferencePipeline`
+of the family's network and codec, the very classes its LightningModule trains, so an exported model
+tokenizes and decodes exactly like the model that was validated. An exported folder (layout:
+:mod:`sentex.deploy.format`) is read without the base model; a
 checkpoint holds only trainable weights, so its model is rebuilt from the saved hyper-parameters
 (the frozen base comes from ``model_name_or_path``) with ``load_from_checkpoint``.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -26,47 +25,28 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from sentex.checkpointing import first_line, read_checkpoint
+from sentex.data.tweets import SENTIMENTS
+from sentex.deploy.format import (
+    HEAD_WEIGHTS,
+    KEEP_FP32,
+    QUANTIZERS,
+    TORCH_DTYPES,
+    head_state_from_file,
+    read_manifest,
+    weights_file,
+)
 from sentex.errors import CheckpointError, SentexError
-from sentex.int4 import INT4_WEIGHTS, int4_linears, load_int4_into
-from sentex.metrics import SENTIMENTS
-from sentex.models import ExtractorModule, Seq2SeqExtractor, SpanExtractor
-from sentex.quantize import INT8_WEIGHTS, KEEP_FP32, dynamic_int8, load_int8_into
+from sentex.io.checkpoints import first_line, read_checkpoint
+from sentex.models.base import ExtractorModule
+from sentex.models.components.pipeline import InferencePipeline
+from sentex.models.components.seq2seq_codec import Seq2SeqCodec
+from sentex.models.components.span_codec import SpanCodec
+from sentex.models.components.span_network import SpanNetwork
+from sentex.models.seq2seq import Seq2SeqExtractor
+from sentex.models.span import SpanExtractor
 
-MANIFEST = "sentex.json"
-HEAD_WEIGHTS = "head.safetensors"
+# Checkpoint family → the LightningModule that rebuilds it.
 FAMILIES: dict[str, type[ExtractorModule]] = {"span": SpanExtractor, "seq2seq": Seq2SeqExtractor}
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# sentex's own weight files (see sentex.quantize, sentex.int4); their kernels run on CPU only.
-QUANTIZED_DTYPES = ("int8", "int4")
-DTYPES = (*TORCH_DTYPES, *QUANTIZED_DTYPES)
-
-
-class _SpanRunner(nn.Module):
-    """An exported span model; tokenization and decoding are ``SpanExtractor``'s own methods."""
-
-    collate = SpanExtractor.collate
-    span_log_probs = SpanExtractor.span_log_probs
-    extract = SpanExtractor.extract
-
-    def __init__(self, tokenizer: Any, encoder: nn.Module, head: nn.Linear, settings: dict[str, Any]) -> None:
-        super().__init__()
-        self.tokenizer, self.encoder, self.head = tokenizer, encoder, head
-        self.dropout = nn.Identity()
-        self.hparams = SimpleNamespace(**settings)
-
-
-class _Seq2SeqRunner(nn.Module):
-    """An exported seq2seq model; prompting and decoding are ``Seq2SeqExtractor``'s own methods."""
-
-    collate = Seq2SeqExtractor.collate
-    extract = Seq2SeqExtractor.extract
-
-    def __init__(self, tokenizer: Any, model: nn.Module, settings: dict[str, Any]) -> None:
-        super().__init__()
-        self.tokenizer, self.model = tokenizer, model
-        self.generation = dict(settings.get("generation") or {})
-        self.hparams = SimpleNamespace(**settings)
 
 
 class Extractor:
@@ -78,8 +58,8 @@ class Extractor:
         info: the export manifest (``sentex.json``); for a checkpoint, a minimal one.
     """
 
-    def __init__(self, runner: nn.Module, family: str, info: dict[str, Any]) -> None:
-        self.runner = runner.eval()
+    def __init__(self, pipeline: InferencePipeline, family: str, info: dict[str, Any]) -> None:
+        self.pipeline = pipeline.eval()
         self.family = family
         self.info = info
         # Per-call generation settings are set on the shared runner; a web app may call from several threads.
@@ -112,19 +92,20 @@ class Extractor:
         self, texts: Sequence[str], sentiments: Sequence[str], batch_size: int, order: list[int], generation: dict
     ) -> list[str]:
         out: list[str] = [""] * len(texts)
-        saved = getattr(self.runner, "generation", None)
+        codec = self.pipeline.codec
+        saved = getattr(codec, "generation", None)
         try:
             if generation:
-                self.runner.generation = {**saved, **generation}
+                codec.generation = {**saved, **generation}
             with torch.inference_mode():
                 for start in range(0, len(order), batch_size):
                     idx = order[start : start + batch_size]
                     rows = [{"textID": str(i), "text": texts[i], "sentiment": sentiments[i]} for i in idx]
-                    for i, pred in zip(idx, self.runner.extract(self.runner.collate(rows))):
+                    for i, pred in zip(idx, self.pipeline.extract(self.pipeline.collate(rows))):
                         out[i] = pred
         finally:
             if generation:
-                self.runner.generation = saved
+                codec.generation = saved
         return out
 
 
@@ -157,7 +138,7 @@ def load(path: str | Path) -> Extractor:
 
 # --- checkpoints ---------------------------------------------------------------------------
 def read_sentex_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents (:func:`sentex.checkpointing.read_checkpoint`), checked to be sentex's."""
+    """A checkpoint's contents (:func:`sentex.io.checkpoints.read_checkpoint`), checked to be sentex's."""
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "sentex" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{path}: not a sentex checkpoint (no 'sentex' or 'hyper_parameters' entry)")
@@ -206,57 +187,46 @@ def load_checkpoint(path: Path) -> Extractor:
         "metrics": checkpoint_metrics(ckpt),
         "sentex_version": ckpt["sentex"].get("version"),
     }
-    return Extractor(module, module.family, info)
+    return Extractor(InferencePipeline(module.net, module.codec), module.family, info)
 
 
 # --- exported folders ----------------------------------------------------------------------
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """Read and check ``sentex.json``."""
-    file = folder / MANIFEST
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder}: not a sentex export (no {MANIFEST})") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{file}: unreadable manifest: {err}") from None
-    for field in ("family", "dtype", "settings"):
-        if field not in manifest:
-            raise CheckpointError(f"{file}: manifest has no '{field}' entry")
-    if manifest["family"] not in FAMILIES:
-        raise CheckpointError(f"{file}: unknown model family {manifest['family']!r}")
-    if manifest["dtype"] not in DTYPES:
-        raise CheckpointError(f"{file}: unknown dtype {manifest['dtype']!r}")
-    return manifest
-
-
 def load_network(folder: Path, auto_class: Any, family: str, dtype: str) -> nn.Module:
     """The transformers model of an export, in eval mode; int8 / int4 get quantized Linears."""
     if dtype in TORCH_DTYPES:
         return auto_class.from_pretrained(folder, dtype=TORCH_DTYPES[dtype]).eval()
     model = auto_class.from_config(AutoConfig.from_pretrained(folder))
-    if dtype == "int4":
-        quantized, _ = load_int4_into(model, folder / INT4_WEIGHTS)
-        return int4_linears(model.eval(), quantized)
-    packed = load_int8_into(model, folder / INT8_WEIGHTS)
-    return dynamic_int8(model.eval(), KEEP_FP32[family], packed)
+    return QUANTIZERS[dtype].load(model, folder / weights_file(dtype), KEEP_FP32[family])
+
+
+def span_network(folder: Path, dtype: str) -> SpanNetwork:
+    """The exported span network: encoder of ``dtype`` plus the float heads of ``head.safetensors``."""
+    encoder = load_network(folder, AutoModel, "span", dtype)
+    heads = head_state_from_file(load_file(str(folder / HEAD_WEIGHTS)))
+    joint = "pair_start.weight" in heads
+    pair_dim = heads["pair_start.weight"].shape[0] if joint else 64
+    net = SpanNetwork(encoder, head_dropout=0.0, scoring="joint" if joint else "independent", pair_dim=pair_dim)
+    missing = [k for k in net.head_state() if k not in heads]
+    if missing:
+        raise KeyError(f"{HEAD_WEIGHTS} lacks {missing[0]}")
+    for name, child in net.named_children():
+        if name not in ("encoder", "dropout"):
+            child.load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items() if k.startswith(f"{name}.")})
+            child.to(TORCH_DTYPES.get(dtype, torch.float32))
+    return net.eval()
 
 
 def load_folder(folder: Path) -> Extractor:
     """An extractor over an exported model folder."""
     manifest = read_manifest(folder)
-    family, dtype = manifest["family"], manifest["dtype"]
+    family, dtype, settings = manifest["family"], manifest["dtype"], manifest["settings"]
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         if family == "span":
-            encoder = load_network(folder, AutoModel, family, dtype)
-            head_state = load_file(str(folder / HEAD_WEIGHTS))
-            head = nn.Linear(head_state["weight"].shape[1], 2)
-            head.load_state_dict(head_state)
-            compute = TORCH_DTYPES.get(dtype, torch.float32)
-            runner: nn.Module = _SpanRunner(tokenizer, encoder, head.to(compute), manifest["settings"])
+            pipeline = InferencePipeline(span_network(folder, dtype), SpanCodec(tokenizer, **settings))
         else:
             model = load_network(folder, AutoModelForSeq2SeqLM, family, dtype)
-            runner = _Seq2SeqRunner(tokenizer, model, manifest["settings"])
+            pipeline = InferencePipeline(model, Seq2SeqCodec(tokenizer, **settings))
     except (OSError, RuntimeError, KeyError) as err:
         raise CheckpointError(f"{folder}: incomplete or corrupt export: {first_line(err)}") from None
-    return Extractor(runner, family, manifest)
+    return Extractor(pipeline, family, manifest)

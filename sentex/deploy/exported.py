@@ -6,7 +6,7 @@
 ``--ckpt_path`` naming a folder is rewritten by the CLI to ``--model ExportedExtractor --model.path``
 (:func:`sentex.cli.route_exported_model`), so the Trainer, the data module, the submission writer,
 the per-row test report and the metrics are the same as for a checkpoint; only the weights come from
-the export (merged, cast or int8) through :func:`sentex.inference.load_folder`.
+the export (merged, cast or int8) through :func:`sentex.deploy.load.load_folder`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from sentex.deploy.format import QUANTIZED_DTYPES
+from sentex.deploy.load import load_folder
 from sentex.errors import SentexError
 from sentex.models.base import Batch, ExtractorModule
 
@@ -32,10 +34,8 @@ class ExportedExtractor(ExtractorModule):
     def __init__(self, path: str) -> None:
         super().__init__(learning_rate=0.0, weight_decay=0.0, warmup_steps=0)
         self.save_hyperparameters()
-        from sentex.inference import QUANTIZED_DTYPES, load_folder  # sentex.inference imports the families
-
         extractor = load_folder(Path(path))
-        self.runner = extractor.runner
+        self.pipeline = extractor.pipeline
         self.info = extractor.info
         self.family = extractor.family  # what the folder holds: span or seq2seq
         self.cpu_only = self.info["dtype"] in QUANTIZED_DTYPES
@@ -49,11 +49,11 @@ class ExportedExtractor(ExtractorModule):
             )
 
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
-        return self.runner.collate(rows)
+        return self.pipeline.collate(rows)
 
     @torch.no_grad()
     def extract(self, batch: Batch) -> list[str]:
-        return self.runner.extract(batch)
+        return self.pipeline.extract(batch)
 
     def _evaluate(self, batch: Batch, metrics, stage: str) -> list[str]:
         # An export keeps what inference needs, not the training loss: metrics only.

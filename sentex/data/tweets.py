@@ -19,10 +19,10 @@ from importlib import resources
 from pathlib import Path
 
 from sentex.errors import DataError
-from sentex.metrics import SENTIMENTS
 
 log = logging.getLogger(__name__)
 
+SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
 REQUIRED_COLUMNS = ("textID", "text", "sentiment")
 LABEL_COLUMN = "selected_text"
 SAMPLE_PREFIX = "sentex:"

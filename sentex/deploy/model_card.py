@@ -20,7 +20,7 @@ def _metrics_lines(metrics: dict[str, float]) -> list[str]:
 def _how_to_load(manifest: dict[str, Any]) -> list[str]:
     lines = [
         "```python",
-        "import sentex.inference as si",
+        "import sentex.deploy.load as si",
         'ex = si.load("path/to/this/folder")',
         'ex.extract(["my phone died again, worst day"], ["negative"])',
         "```",

@@ -1,0 +1,1 @@
+"""Stage 4, alignment: preference pairs, DPO losses, the frozen reference, DPO modules, ``sentex align``."""

@@ -1,0 +1,121 @@
+"""The exported-folder format, defined once: file names, manifest, dtypes and their weight files.
+
+Layout of a folder written by ``sentex export``::
+
+    sentex.json              manifest: family, base model, LoRA, settings, metrics, dtype, version
+    README.md                model card
+    config.json              transformers config (encoder for span, full model for seq2seq)
+    model.safetensors        fp32 / fp16 / bf16 weights (plain ``from_pretrained`` loads them)
+    model.int8.safetensors   int8 weights instead, for dtype int8 (see :mod:`sentex.deploy.quant.int8`)
+    model.int4.safetensors   4-bit weights instead, for dtype int4 (see :mod:`sentex.deploy.quant.int4`)
+    head.safetensors         span only: every weight outside the encoder (start/end head, pair term), float32
+    tokenizer files
+
+Format version 2 stores the span heads under their network names (``head.weight``, ...); version 1
+stored the start/end ``nn.Linear`` alone (``weight``, ``bias``), which loading still reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from sentex.deploy.quant.int4 import GROUP_SIZE, int4_linears, load_int4_into, save_int4
+from sentex.deploy.quant.int8 import dynamic_int8, load_int8_into, save_int8
+from sentex.errors import CheckpointError
+
+FORMAT_VERSION = 2
+MANIFEST = "sentex.json"
+CARD = "README.md"
+FLOAT_WEIGHTS = "model.safetensors"
+HEAD_WEIGHTS = "head.safetensors"
+FAMILIES = ("span", "seq2seq")
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Per model family: module names (last component) kept in float32 when quantizing. T5's
+# feed-forward output projections overflow otherwise (https://github.com/huggingface/transformers/issues/20287).
+KEEP_FP32: dict[str, tuple[str, ...]] = {"seq2seq": ("wo",), "span": ()}
+
+
+def _load_int8(model: nn.Module, path: Path, keep: Sequence[str]) -> nn.Module:
+    return dynamic_int8(model.eval(), keep, load_int8_into(model, path))
+
+
+def _load_int4(model: nn.Module, path: Path, keep: Sequence[str]) -> nn.Module:
+    quantized, _ = load_int4_into(model, path)
+    return int4_linears(model.eval(), quantized)
+
+
+class Quantizer(NamedTuple):
+    """A quantized dtype: its weight file, how it is written and read, and what the manifest says of it."""
+
+    weights: str
+    save: Callable[[nn.Module, Path, Sequence[str]], None]
+    load: Callable[[nn.Module, Path, Sequence[str]], nn.Module]
+    storage: str
+    runtime: str
+
+
+QUANTIZERS: dict[str, Quantizer] = {
+    "int8": Quantizer(
+        "model.int8.safetensors",
+        save_int8,
+        _load_int8,
+        "symmetric per-row int8 weights + float32 scales (Linear and Embedding)",
+        "torch dynamic int8 Linear (quantize_dynamic, per-channel weights); embeddings float32",
+    ),
+    "int4": Quantizer(
+        "model.int4.safetensors",
+        save_int4,
+        _load_int4,
+        f"asymmetric 4-bit weights in groups of {GROUP_SIZE} + float32 scale/offset (Linear and Embedding)",
+        "torch int4 weight-only Linear (_weight_int4pack_mm_for_cpu, bf16 activations); embeddings float32",
+    ),
+}
+# sentex's own weight files; their kernels run on CPU only.
+QUANTIZED_DTYPES = tuple(QUANTIZERS)
+DTYPES = (*TORCH_DTYPES, *QUANTIZED_DTYPES)
+
+
+def weights_file(dtype: str) -> str:
+    """Name of the file that holds the transformers weights of a ``dtype`` export."""
+    return QUANTIZERS[dtype].weights if dtype in QUANTIZERS else FLOAT_WEIGHTS
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write ``sentex.json``."""
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Read and check ``sentex.json``; every failure is a one-line :class:`CheckpointError`."""
+    file = folder / MANIFEST
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: not a sentex export (no {MANIFEST})") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: unreadable manifest: {err}") from None
+    for field in ("family", "dtype", "settings"):
+        if field not in manifest:
+            raise CheckpointError(f"{file}: manifest has no '{field}' entry")
+    if manifest["family"] not in FAMILIES:
+        raise CheckpointError(f"{file}: unknown model family {manifest['family']!r}")
+    if manifest["dtype"] not in DTYPES:
+        raise CheckpointError(f"{file}: unknown dtype {manifest['dtype']!r}")
+    return manifest
+
+
+def head_state_from_file(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The span heads' state dict (network names) from a ``head.safetensors`` of format 1 or 2.
+
+    >>> sorted(head_state_from_file({"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}))
+    ['head.bias', 'head.weight']
+    """
+    if set(state) == {"weight", "bias"}:  # format 1: the start/end Linear alone
+        return {f"head.{k}": v for k, v in state.items()}
+    return dict(state)

@@ -1,0 +1,1 @@
+"""File writing that survives crashes: atomic files and folders, and checkpoint I/O."""

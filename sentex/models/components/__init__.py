@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` networks and their pre/post-processing, shared by training and inference."""

@@ -1,0 +1,1 @@
+"""Stage 3, training: optimizer and schedule, callbacks, progress output, the files a run writes."""
