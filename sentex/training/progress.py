@@ -104,8 +104,11 @@ class PlainProgress(ProgressBar):
         # samples/s and ETA from this run's own steps: a resumed run does not count restored steps
         steps = trainer.global_step - self._steps_at_start
         elapsed = now - self._start
+        epoch = trainer.current_epoch  # one past the last epoch once training has ended
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            epoch = min(epoch, trainer.max_epochs - 1)
         line = progress_line(
-            trainer.global_step, total, trainer.current_epoch, trainer.max_epochs,
+            trainer.global_step, total, epoch, trainer.max_epochs,
             None if loss is None else float(loss), self._samples, elapsed,
         )  # fmt: skip
         if total and steps > 0 and trainer.global_step < total:
