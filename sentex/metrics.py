@@ -217,6 +217,31 @@ def extraction_metrics(prefix: str) -> MetricCollection:
     )
 
 
+def paired_bootstrap(
+    diffs: Sequence[float], n_resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of paired per-row differences (after - before on the same rows) and its bootstrap interval.
+
+    Rows are resampled with replacement ``n_resamples`` times; the interval is the central ``level``
+    share of the resampled means (percentile bootstrap).
+
+    >>> paired_bootstrap([0.1] * 50)
+    (0.1, 0.1, 0.1)
+    >>> mean, lo, hi = paired_bootstrap([1.0, -1.0] * 200)
+    >>> mean, lo < 0 < hi
+    (0.0, True)
+    """
+    x = torch.tensor(list(diffs), dtype=torch.float64)
+    if x.numel() == 0:
+        raise ValueError("paired_bootstrap needs at least one difference")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, x.numel(), (n_resamples, x.numel()), generator=gen)
+    means = x[idx].mean(dim=1)
+    tail = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return round(x.mean().item(), 10), round(lo, 10), round(hi, 10)
+
+
 def _check_lengths(preds: Sequence[str], target: Sequence[str]) -> None:
     if len(preds) != len(target):
         raise ValueError(f"got {len(preds)} predictions for {len(target)} targets")

@@ -35,13 +35,16 @@ class AlignCLI(SentexCLI):
         family and weights.
         """
         super().parse_arguments(parser, args)
-        config = self.config.get(self.config.get("subcommand") or "fit") or self.config
-        self._resume_path = config.get("ckpt_path")
-        config["ckpt_path"] = None
+        subcommand = self.config.get("subcommand")
+        self._resume_path = None
+        if subcommand:  # run=False (benchmarks) has no subcommand and no ckpt_path
+            self._resume_path = self.config[subcommand].get("ckpt_path")
+            self.config[subcommand]["ckpt_path"] = None
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        config["ckpt_path"] = getattr(self, "_resume_path", None)
+        if self.subcommand:
+            config["ckpt_path"] = self._resume_path
         class_path = config["model"].get("class_path", "")
         module, _, name = class_path.rpartition(".")
         cls = getattr(importlib.import_module(module), name, None) if module else None

@@ -244,12 +244,13 @@ def balance_lengths(pairs: Sequence[PreferencePair], seed: int = 0) -> list[Pref
     >>> sorted((length_gap(p) > 0) - (length_gap(p) < 0) for p in out)  # one longer, one tie, one shorter
     [-1, 0, 1]
     """
-    longer = [p for p in pairs if length_gap(p) > 0]
-    shorter = [p for p in pairs if length_gap(p) < 0]
+    gaps = [length_gap(p) for p in pairs]
+    longer = [i for i, g in enumerate(gaps) if g > 0]
+    shorter = [i for i, g in enumerate(gaps) if g < 0]
     n = min(len(longer), len(shorter))
     rng = random.Random(seed)
-    keep = {id(p) for p in (*rng.sample(longer, n), *rng.sample(shorter, n))}
-    return [p for p in pairs if length_gap(p) == 0 or id(p) in keep]
+    keep = set(rng.sample(longer, n)) | set(rng.sample(shorter, n))
+    return [p for i, p in enumerate(pairs) if gaps[i] == 0 or i in keep]
 
 
 def _pair(row: dict[str, str], rejected: str, source: str, chosen: str | None = None) -> PreferencePair:
