@@ -2,6 +2,7 @@
 
     python bench/quality.py                                   # configs/span.yaml on the shared data
     python bench/quality.py --config configs/span.yaml -- --trainer.max_epochs 1
+    python bench/quality.py --root runs/span                  # logs and checkpoints in runs/span/lightning_logs
 
 Reports overall and per-sentiment Jaccard and exact match on the seeded 10% validation split,
 the full-tweet baseline on the same rows, training wall time and training samples/s.
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "span.yaml"))
     parser.add_argument("--data", default=str(SHARED), help="Kaggle train.csv")
+    parser.add_argument("--root", default=".", help="folder for lightning_logs/ (logs and checkpoints)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("extra", nargs="*", help="further sentex options, after --")
     args = parser.parse_args()
@@ -48,7 +50,8 @@ def main() -> None:
 
     cli = SentexCLI(
         ExtractorModule, TweetDataModule, subclass_mode_model=True, run=False, save_config_callback=None,
-        args=["--config", args.config, "--data.train_path", args.data, *args.extra],
+        args=["--config", args.config, "--data.train_path", args.data, "--trainer.default_root_dir", args.root,
+              *args.extra],
     )  # fmt: skip
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     start = time.perf_counter()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sentex.data.tweets import SENTIMENTS, TweetTable, read_tweets
+from sentex.data.tweets import SENTIMENTS, TweetTable, read_for_scoring
 from sentex.errors import DataError
 from sentex.metrics import jaccard
 
@@ -181,7 +181,11 @@ def generation_kwargs(
 # --- batch --------------------------------------------------------------------------------
 @dataclass
 class BatchResult:
-    """Predictions for an uploaded file, with Jaccard scores when it had ``selected_text``."""
+    """Predictions for an uploaded file, with Jaccard scores when it had ``selected_text``.
+
+    ``skipped`` counts the rows the reader left out, by reason (only a labelled file loses rows);
+    ``empty_texts`` the empty tweets kept in an unlabelled one.
+    """
 
     rows: list[dict[str, Any]]
     has_labels: bool
@@ -214,9 +218,14 @@ class BatchResult:
 
 
 def read_upload(name: str, data: bytes) -> TweetTable:
-    """Check an uploaded Kaggle-format CSV with the same rules as ``sentex predict``.
+    """Check an uploaded Kaggle-format CSV with the same rules as ``sentex test`` or ``sentex predict``.
 
-    ``read_tweets`` works on paths, so the bytes go to a temporary file; error messages name the
+    One row policy for every labelled file (:func:`sentex.data.tweets.read_for_scoring`): with a
+    ``selected_text`` column, rows ``sentex test`` skips (empty text, empty phrase, phrase not in the tweet) are
+    skipped and counted here too, so the page's Jaccard is over the same rows as ``sentex test``'s;
+    without it, every row is kept, as by ``sentex predict``.
+
+    The reader works on paths, so the bytes go to a temporary file; error messages name the
     upload, not the temporary file.
 
     Raises:
@@ -226,7 +235,7 @@ def read_upload(name: str, data: bytes) -> TweetTable:
         path = Path(folder) / "upload.csv"
         path.write_bytes(data)
         try:
-            table = read_tweets(path, require_labels=False)
+            table = read_for_scoring(path)
         except DataError as err:
             raise DataError(str(err).replace(str(path), name)) from None
     table.path = name

@@ -92,7 +92,10 @@ def single(extractor: logic.Extractor, generation: dict[str, Any]) -> None:
 def batch(extractor: logic.Extractor, generation: dict[str, Any]) -> None:
     """A CSV upload, extracted once per (file, generation settings) and kept across reruns."""
     st.subheader("A CSV of tweets")
-    st.caption("Kaggle columns `textID,text,sentiment`; with `selected_text` every row is scored by Jaccard.")
+    st.caption(
+        "Kaggle columns `textID,text,sentiment`; with `selected_text` the rows are scored by Jaccard and, as in "
+        "`sentex test`, rows with an empty tweet or a phrase that is not in the tweet are skipped and counted."
+    )
     upload = st.file_uploader("CSV file", type=["csv"])
     if upload is None:
         return

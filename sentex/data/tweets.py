@@ -6,6 +6,10 @@ is not inside its ``text`` cannot be learned from, so it is skipped and counted,
 is set. An unlabelled file (what ``sentex predict`` reads) never loses a row, because a
 submission needs every ``textID``; empty texts are kept and counted. Every fatal problem in a
 file is collected and reported together, so one run shows them all.
+
+:func:`skip_reason` is that row policy, and :func:`read_for_scoring` applies it to a file whose
+labels are optional (the demo app's upload), so that a labelled file is scored on exactly the
+rows ``sentex test`` scores.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import csv
 import io
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -72,9 +77,35 @@ def read_tweets(path: str | Path, require_labels: bool, strict: bool = False) ->
     Raises:
         DataError: listing every fatal problem in the file.
     """
-    resolved = resolve_data_path(path)
     name = str(path)
-    header, records = _parse_csv(resolved, name)
+    header, records = _parse_csv(resolve_data_path(path), name)
+    return _check_rows(name, header, records, require_labels, strict)
+
+
+def read_for_scoring(path: str | Path, strict: bool = False) -> TweetTable:
+    """Read a CSV whose ``selected_text`` column is optional: scored if present, predicted if not.
+
+    A file with ``selected_text`` is read exactly as ``sentex test`` reads its test file
+    (``read_tweets(path, require_labels=True)``): rows :func:`skip_reason` names are skipped and
+    counted, so a score over the returned rows is over the rows ``sentex test`` scores. A file
+    without it is read as ``sentex predict`` reads one: every row kept.
+
+    Args:
+        path: CSV file, or ``sentex:<file>`` for a sample shipped with the package.
+        strict: turn skippable row problems into errors.
+
+    Raises:
+        DataError: listing every fatal problem in the file.
+    """
+    name = str(path)
+    header, records = _parse_csv(resolve_data_path(path), name)
+    return _check_rows(name, header, records, LABEL_COLUMN in header, strict)
+
+
+def _check_rows(
+    name: str, header: list[str], records: list[tuple[int, list[str]]], require_labels: bool, strict: bool
+) -> TweetTable:
+    """Check parsed rows against the columns and the row policy; see :func:`read_tweets`."""
     missing = [c for c in REQUIRED_COLUMNS + ((LABEL_COLUMN,) if require_labels else ()) if c not in header]
     if missing:
         found = ", ".join(header) if header else "nothing"
@@ -96,7 +127,7 @@ def read_tweets(path: str | Path, require_labels: bool, strict: bool = False) ->
                 f" (expected one of {', '.join(SENTIMENTS)})"
             )
             continue
-        reason = _skip_reason(row) if require_labels else None
+        reason = skip_reason(row) if require_labels else None
         if reason is not None:
             if strict:
                 errors.append(f"{name}: line {line}: {reason}")
@@ -148,7 +179,18 @@ def _parse_csv(path: Path, name: str) -> tuple[list[str], list[tuple[int, list[s
     return header, records
 
 
-def _skip_reason(row: dict[str, str]) -> str | None:
+def skip_reason(row: Mapping[str, str]) -> str | None:
+    """Why a labelled row can be neither learned from nor scored, or ``None`` when it is usable.
+
+    The one row policy of every labelled file (``sentex fit``/``validate``/``test``, ``sentex
+    bench`` and the app's labelled uploads): a tweet with no text, an empty ``selected_text`` or a
+    ``selected_text`` that is not a substring of the text.
+
+    >>> skip_reason({"text": "so happy", "selected_text": "happy"}) is None
+    True
+    >>> skip_reason({"text": "  ", "selected_text": "x"}), skip_reason({"text": "so happy", "selected_text": "sad"})
+    ('empty text', 'selected_text not found in text')
+    """
     if not row["text"].strip():
         return "empty text"
     label = row.get(LABEL_COLUMN)

@@ -7,16 +7,22 @@ per sample of ``Extractor.extract`` over the same ``--latency_rows`` validation 
 size, after one warm-up batch; batch size 1 *is* the naive per-row loop (tokenize, forward, decode
 one tweet at a time), so ``batched_speedup`` = latency@1 / latency@largest-batch. Jaccard is the
 competition metric over every validation row at the largest batch size.
+
+The parent never waits on a child blindly: a child killed by a signal (the kernel's OOM killer,
+``kill -9``), one that exits without sending its row, and one still running after ``--timeout``
+seconds each end the run with a one-line :class:`~sentex.errors.SentexError` naming the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import queue as queue_module
 import resource
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,8 @@ from sentex.io.atomic import atomic_path
 from sentex.training.writers import write_csv
 
 BATCH_SIZES = (1, 4, 8, 16)
+DEFAULT_TIMEOUT_S = 1800.0  # per model and round: loading plus every measurement
+POLL_S = 1.0  # how often the parent checks that a silent child is still alive
 
 
 def rss_bytes() -> int:
@@ -164,15 +172,44 @@ def _child(queue: Any, path: str, args: argparse.Namespace) -> None:
         queue.put(("error", f"{path}: {type(err).__name__}: {err}"))
 
 
-def run_isolated(path: str, args: argparse.Namespace, advance: Any) -> dict:
-    """Measure one model in a fresh process; ``advance(step)`` per finished step."""
+def run_isolated(
+    path: str,
+    args: argparse.Namespace,
+    advance: Callable[[str], None],
+    target: Callable[..., None] = _child,
+) -> dict:
+    """Measure one model in a fresh process; ``advance(step)`` per finished step.
+
+    Args:
+        path: exported folder or checkpoint.
+        args: parsed ``sentex bench`` options (``timeout`` is the limit for this model).
+        advance: called with each step name the child reports.
+        target: the child's function, ``target(queue, path, args)``; :func:`_child` unless a test
+            needs a child that misbehaves.
+
+    Returns:
+        The child's row of numbers.
+
+    Raises:
+        SentexError: the child reported an error, died (signal or exit) without a row, or ran
+            past ``args.timeout`` seconds (it is then killed).
+    """
+    timeout = float(getattr(args, "timeout", DEFAULT_TIMEOUT_S))
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, path, args))
+    messages = ctx.Queue()
+    proc = ctx.Process(target=target, args=(messages, path, args))
     proc.start()
+    deadline = time.monotonic() + timeout
     try:
         while True:
-            kind, value = queue.get()
+            message = _next_message(messages, proc, deadline)
+            if message is None:
+                if proc.exitcode is not None:
+                    raise SentexError(f"{path}: {child_death(proc.exitcode)} before sending its result")
+                raise SentexError(
+                    f"{path}: no result after {timeout:g} s (--timeout); the measuring process was stopped"
+                )
+            kind, value = message
             if kind == "step":
                 advance(value)
             elif kind == "error":
@@ -180,7 +217,50 @@ def run_isolated(path: str, args: argparse.Namespace, advance: Any) -> dict:
             else:
                 return value
     finally:
-        proc.join()
+        if proc.is_alive():  # timed out, or the parent was interrupted: no orphan keeps measuring
+            proc.kill()
+        proc.join(timeout=10)
+        messages.close()
+
+
+def _next_message(messages: Any, proc: Any, deadline: float) -> tuple[str, Any] | None:
+    """The child's next message; ``None`` once the child has died or the deadline has passed.
+
+    A blocking ``get()`` would wait forever for a child the OOM killer took, so the wait is cut
+    into short polls with a liveness check in between.
+    """
+    while True:
+        wait = min(POLL_S, deadline - time.monotonic())
+        if wait <= 0:
+            return None
+        try:
+            return messages.get(timeout=wait)
+        except queue_module.Empty:
+            pass
+        if proc.exitcode is not None:
+            # A child flushes its queue before exiting, so a last message may still be in the pipe.
+            try:
+                return messages.get(timeout=POLL_S)
+            except queue_module.Empty:
+                return None
+
+
+def child_death(exitcode: int) -> str:
+    """How a measuring process ended, in words.
+
+    >>> child_death(-9)
+    'the measuring process was killed by signal SIGKILL (out of memory?)'
+    >>> child_death(3)
+    'the measuring process exited with status 3'
+    """
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"{-exitcode}"
+        hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"the measuring process was killed by signal {name}{hint}"
+    return f"the measuring process exited with status {exitcode}"
 
 
 def add_relative_columns(rows: list[dict]) -> None:
@@ -236,6 +316,7 @@ def plot(rows: list[dict], batch_sizes: Sequence[int], path: Path) -> bool:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Options of ``sentex bench``; exits with argparse's usage error on a bad value."""
     parser = argparse.ArgumentParser(
         prog="sentex bench", description="Measure exported models: size, memory, latency, throughput, Jaccard."
     )
@@ -247,9 +328,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size; the best counts")
     parser.add_argument("--rounds", type=int, default=1, help="measure all models this often, interleaved")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per model (default: torch's)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds one model may take to load and measure before it is stopped (default {DEFAULT_TIMEOUT_S:g})",
+    )
     args = parser.parse_args(list(argv))
     if min(*args.batch_sizes, args.latency_rows, args.repeats, args.rounds) < 1:
         parser.error("batch sizes, --latency_rows, --repeats and --rounds must be at least 1")
+    if not args.timeout > 0:
+        parser.error("--timeout must be more than 0 seconds")
     return args
 
 

@@ -3,16 +3,47 @@
 A terminal gets Rich's progress bar; a log file would get nothing readable from it until the end
 (or a flood of carriage returns from tqdm). :class:`PlainProgress` prints one self-contained line
 every ``interval_s`` seconds instead: step, epoch, loss, samples/s and the estimated time left.
+The interval is ``$SENTEX_PROGRESS_INTERVAL`` seconds where that is set (``0``: a line per
+training step), else 30 s, so a job script can change it without touching the config.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
+
+from sentex.errors import SentexError
+
+INTERVAL_ENV = "SENTEX_PROGRESS_INTERVAL"
+DEFAULT_INTERVAL_S = 30.0
+
+
+def interval_from_env(env: Mapping[str, str] | None = None) -> float:
+    """Seconds between progress lines: ``$SENTEX_PROGRESS_INTERVAL`` if set, else :data:`DEFAULT_INTERVAL_S`.
+
+    >>> interval_from_env({}), interval_from_env({"SENTEX_PROGRESS_INTERVAL": "2.5"})
+    (30.0, 2.5)
+
+    Raises:
+        SentexError: the variable is set to something other than a number of seconds >= 0.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_INTERVAL_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise SentexError(f"{INTERVAL_ENV} must be a number of seconds (0 or more), got {raw!r}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -55,12 +86,16 @@ class PlainProgress(ProgressBar):
     """Print :func:`progress_line` every ``interval_s`` seconds of training, and the metrics after validation.
 
     Args:
-        interval_s: seconds between two progress lines.
+        interval_s: seconds between two progress lines; by default ``$SENTEX_PROGRESS_INTERVAL``
+            (``0`` prints every step), else 30.
+
+    Raises:
+        SentexError: ``$SENTEX_PROGRESS_INTERVAL`` is not a number of seconds >= 0.
     """
 
-    def __init__(self, interval_s: float = 30.0) -> None:
+    def __init__(self, interval_s: float | None = None) -> None:
         super().__init__()
-        self.interval_s = interval_s
+        self.interval_s = interval_from_env() if interval_s is None else interval_s
         self._enabled = True
         self._start = self._last = 0.0
         self._samples = 0

@@ -11,8 +11,9 @@ an :class:`Int4Linear` that keeps the weight packed in 4 bits and multiplies wit
 ``torch.ops.aten._weight_int4pack_mm_for_cpu`` (bfloat16 activations), or, where that kernel is
 missing, an ordinary Linear holding the dequantized weight. Embeddings stay float32 in memory.
 
-Measured on this project's CPU (2-core Sapphire Rapids, see ``README``): the int4 kernel is slower
-than float32 here, so int4 is the *smallest* export, while int8 stays the recommended CPU export.
+Where the int4 kernel is slower than float32 (as on the CPU of the README's export table), int4 is
+the *smallest* export rather than the fastest, and int8 stays the recommended CPU export; the
+measured numbers are in the README, not here, because they depend on the CPU.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ class Int4Linear(nn.Module):
     """A Linear whose weight stays packed in 4 bits; ``x @ W.T`` by ``_weight_int4pack_mm_for_cpu``.
 
     Activations go in as bfloat16: the kernel also accepts float32, but on torch 2.13 CPU that is a
-    slow path (a 400×384 @ 384×1536 product took 343 ms in float32 against 5.2 ms in bfloat16, one
-    thread). The result is cast back to the input's dtype and the bias added in that dtype.
+    slow path, many times slower than bfloat16 for a BERT-sized product. The result is cast back to
+    the input's dtype and the bias added in that dtype.
     """
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None) -> None:

@@ -182,10 +182,10 @@ def cpu_has_vnni() -> bool:
 def packing_engine() -> str:
     """The quantized engine to pack int8 weights for: oneDNN on CPUs with AMX, else torch's current one.
 
-    Measured on a 2-core Sapphire Rapids (AMX) with MiniLM-L6 at batch 16, interleaved runs:
-    oneDNN-packed int8 2.2x faster than fp32, fbgemm/x86-packed 1.6x. A packed weight keeps its
-    engine's kernels whatever ``torch.backends.quantized.engine`` says later, so the engine is
-    only switched while packing.
+    Chosen by interleaved runs on an AMX CPU, where oneDNN-packed int8 was clearly faster than
+    fbgemm/x86-packed int8 (how much depends on the CPU). A packed weight keeps its engine's kernels
+    whatever ``torch.backends.quantized.engine`` says later, so the engine is only switched while
+    packing.
     """
     if "amx_int8" in cpu_flags() and "onednn" in torch.backends.quantized.supported_engines:
         return "onednn"
