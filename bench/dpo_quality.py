@@ -17,6 +17,7 @@ to ``<root>/results.jsonl``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -75,7 +76,9 @@ def run_one(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     dm.setup("validate")
     rows = dm.datasets["val"].to_list()
     bs = dm.hparams.get("eval_batch_size") or 128
-    cache = Path(args.root) / f"before-{Path(args.sft).stem}-{len(rows)}.json"
+    # Keyed by the checkpoint's full path: every run folder names its best checkpoint alike.
+    key = hashlib.sha1(str(Path(args.sft).resolve()).encode()).hexdigest()[:12]
+    cache = Path(args.root) / f"before-{Path(args.sft).stem}-{key}-{len(rows)}.json"
     if cache.is_file():
         before = json.loads(cache.read_text())
     else:
@@ -91,6 +94,7 @@ def run_one(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "name": args.name,
         "seed": seed,
         "sft": args.sft,
+        "sft_label": args.sft_label,
         "options": " ".join(args.extra),
         "rows": len(rows),
         "pairs": len(model.pairs or []),
@@ -122,7 +126,7 @@ def summary_rows(records: list[dict[str, Any]]) -> list[str]:
     ]
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        by_name.setdefault(f"{r['name']} ({Path(r['sft']).stem})", []).append(r)
+        by_name.setdefault(f"{r['name']} ({r.get('sft_label') or Path(r['sft']).stem})", []).append(r)
     for name, runs in by_name.items():
         for r in runs:
             b, a, (m, lo, hi) = r["before"], r["after"], r["diff"]
@@ -145,6 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft", help="sentex span (or seq2seq) SFT checkpoint")
     parser.add_argument("--name", default="dpo", help="name of this setting in the results")
+    parser.add_argument("--sft-label", default=None, help="name of the SFT start in the table (default: file stem)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seed_everything and pair_seed per run")
     parser.add_argument("--config", default=str(ROOT / "configs" / "dpo_span.yaml"))
     parser.add_argument("--data", default=str(SHARED), help="Kaggle train.csv")
