@@ -161,3 +161,37 @@ def test_independent_scores_normalise_to_a_distribution_for_expected_jaccard(joi
     with torch.no_grad():
         lp = normalize_spans(model.codec.span_log_probs(model.eval().logits(batch), batch))
     torch.testing.assert_close(lp.exp().sum(), torch.tensor(1.0))
+
+
+@pytest.mark.slow
+def test_align_with_the_recipe_config_writes_a_plain_joint_span_checkpoint(tmp_path: Path) -> None:
+    """``sentex align --config configs/dpo_span.yaml`` from a joint SFT, then ``sentex predict`` on the result."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    sft = SpanExtractor(max_span_tokens=16, span_scoring="joint", span_label_smoothing=0.1)  # the recipe's settings
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.strategy.connect(sft)
+    trainer.save_checkpoint(tmp_path / "sft.ckpt")
+    config = Path(__file__).resolve().parents[1] / "configs" / "dpo_span.yaml"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "sentex", "align", "--config", str(config), "--data.train_path", "sentex:sample.csv",
+         "--model.sft_checkpoint", str(tmp_path / "sft.ckpt"), "--trainer.max_steps", "2",
+         "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path / "runs")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    (ckpt,) = (tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints").glob("last*.ckpt")
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["hyper_parameters"]["span_scoring"] == "joint" and "loss_type" not in saved["hyper_parameters"]
+    assert saved["sentex"]["dpo"]["loss_type"] == "expected_jaccard"
+    predict = subprocess.run(
+        [sys.executable, "-m", "sentex", "predict", "--config", str(config.parent / "span_joint.yaml"),
+         "--ckpt_path", str(ckpt), "--data.predict_path", "sentex:sample_test.csv",
+         "--submission.output_path", str(tmp_path / "submission.csv")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert predict.returncode == 0, predict.stderr[-2000:]
+    assert (tmp_path / "submission.csv").read_text().startswith("textID,selected_text")
