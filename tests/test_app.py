@@ -19,34 +19,10 @@ from sentex.app import logic
 from sentex.app.launcher import build_parser, check_launch, streamlit_command
 from sentex.errors import DataError, SentexError
 from sentex.metrics import jaccard
-from tests.conftest import TWEETS
+from tests.conftest import APP_FILE, TWEETS, require_module, save_untrained
 
-ROOT = Path(__file__).resolve().parents[1]
-APP_FILE = ROOT / "sentex" / "app" / "streamlit_app.py"
 HEADER = "textID,text,selected_text,sentiment"
-
-
-def save_untrained(model, path: Path) -> Path:
-    """Write ``model`` as a sentex checkpoint exactly as a ``Trainer`` does, without training."""
-    import lightning.pytorch as pl
-
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(path)
-    return path
-
-
-def build_span_checkpoint(folder: Path) -> Path:
-    """An untrained ``SpanExtractor`` (packaged MiniLM, offline) as a sentex checkpoint; reused if present."""
-    path = folder / "app-span.ckpt"
-    if path.exists():
-        return path
-    import torch
-
-    from sentex.models import SpanExtractor
-
-    torch.manual_seed(0)
-    return save_untrained(SpanExtractor(max_length=32), path)
+HEADER_UNLABELLED = ("textID", "text", "sentiment")
 
 
 def csv_bytes(rows, header=("textID", "text", "selected_text", "sentiment")) -> bytes:
@@ -215,28 +191,14 @@ def test_launcher_rejects_a_missing_model(tmp_path: Path) -> None:
 
 # --- the page, through AppTest --------------------------------------------------------------
 def page_test(timeout: float = 180):
-    """An ``AppTest`` of the page, not yet run; skips where Streamlit is not installed."""
-    testing = pytest.importorskip(
-        "streamlit.testing.v1", reason="the page tests need streamlit (pip install streamlit)"
-    )
+    """An ``AppTest`` of the page, not yet run; skips where Streamlit is not installed (fails under CI=true)."""
+    testing = require_module("streamlit.testing.v1", "the page tests need streamlit (pip install -e '.[app]')")
     return testing.AppTest.from_file(str(APP_FILE), default_timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def span_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_span_checkpoint(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def extractor(span_ckpt: Path):
-    from sentex.deploy.load import load
-
-    return load(str(span_ckpt))
-
-
 @pytest.fixture
-def app(span_ckpt: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv(logic.MODEL_ENV, str(span_ckpt))
+def app(untrained_span_ckpt: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(logic.MODEL_ENV, str(untrained_span_ckpt))
     at = page_test(180)
     at.run()
     assert not at.exception, at.exception
@@ -269,10 +231,10 @@ def test_page_reports_an_unloadable_model(tmp_path: Path, monkeypatch: pytest.Mo
     assert at.error and at.error[0].value.startswith(f"Cannot load the model {broken}")
 
 
-def test_single_prediction_shows_the_model_phrase_highlighted(app, extractor) -> None:
+def test_single_prediction_shows_the_model_phrase_highlighted(app, untrained_extractor) -> None:
     text = "  my flight got cancelled and I am so angry right now"
     extract_in_page(app, text, "negative")
-    expected = extractor.extract([text], ["negative"])[0]
+    expected = untrained_extractor.extract([text], ["negative"])[0]
     assert app.code[0].value == expected
     html = app.get("html")[0].proto.body
     assert logic.highlight_html(text, expected) in html and "<mark" in html
@@ -302,11 +264,11 @@ def test_span_model_disables_generation_settings_and_shows_info(app) -> None:
     assert "- **LoRA:** none (all weights fine-tuned)" in summary
 
 
-def test_batch_upload_scores_rows_then_bad_files_show_errors(app, extractor) -> None:
+def test_batch_upload_scores_rows_then_bad_files_show_errors(app, untrained_extractor) -> None:
     app.file_uploader[0].set_value(("mine.csv", csv_bytes(TWEETS), "text/csv"))
     app.run()
     assert not app.exception and not app.error
-    preds = extractor.extract([t[1] for t in TWEETS], [t[3] for t in TWEETS])
+    preds = untrained_extractor.extract([t[1] for t in TWEETS], [t[3] for t in TWEETS])
     shown = app.dataframe[0].value
     assert list(shown["prediction"]) == preds and list(shown["textID"]) == [t[0] for t in TWEETS]
     mean = sum(jaccard(p, t[2]) for p, t in zip(preds, TWEETS)) / len(TWEETS)
@@ -329,7 +291,7 @@ def test_batch_upload_scores_rows_then_bad_files_show_errors(app, extractor) -> 
         assert not app.dataframe
     # The page still works after the bad files.
     extract_in_page(app, "what a lovely surprise", "positive")
-    assert app.code[0].value == extractor.extract(["what a lovely surprise"], ["positive"])[0]
+    assert app.code[0].value == untrained_extractor.extract(["what a lovely surprise"], ["positive"])[0]
 
 
 def test_a_batch_runs_once_per_upload(app) -> None:
@@ -371,10 +333,13 @@ def test_seq2seq_model_enables_generation_settings_and_uses_them(
         assert any("nothing is highlighted" in c.value for c in at.caption)
 
 
-def test_big_upload_previews_200_rows_and_keeps_every_row(app, extractor) -> None:
+def test_big_upload_previews_200_rows_and_keeps_every_row(app, untrained_extractor) -> None:
     rows = [(f"r{i}", f"tweet number {i} is fine", "fine", "positive") for i in range(204)]
     rows += [("gold-elsewhere", "the phrase is missing", "not here", "negative"), ("empty", "  ", "x", "negative")]
-    app.file_uploader[0].set_value(("big.csv", csv_bytes(rows), "text/csv"))
+    # Unlabelled, as a Kaggle test file: a submission needs every textID, so nothing is dropped.
+    app.file_uploader[0].set_value(
+        ("big.csv", csv_bytes([(r[0], r[1], r[3]) for r in rows], HEADER_UNLABELLED), "text/csv")
+    )
     app.run()
     assert not app.exception
     assert len(app.dataframe[0].value) == 200
@@ -382,8 +347,23 @@ def test_big_upload_previews_200_rows_and_keeps_every_row(app, extractor) -> Non
     assert "Showing the first 200 of 206 rows; the downloads have all of them." in captions
     assert [w.value for w in app.warning] == ["1 row(s) with empty text kept; their prediction is empty"]
     result = app.session_state["batch"]
-    # A submission needs every textID, so nothing is dropped; a gold phrase outside the tweet still scores.
     assert [r["textID"] for r in result.rows] == [r[0] for r in rows]
-    pred = extractor.extract(["the phrase is missing"], ["negative"])[0]
-    assert result.rows[-2]["jaccard"] == pytest.approx(jaccard(pred, "not here"))
+    pred = untrained_extractor.extract(["the phrase is missing"], ["negative"])[0]
+    assert result.rows[-2]["prediction"] == pred
     assert result.rows[-1]["prediction"] == ""
+
+    # Labelled: scored over the rows `sentex test` scores; the two it cannot score are skipped and named.
+    app.file_uploader[0].set_value(("big-labelled.csv", csv_bytes(rows), "text/csv"))
+    app.run()
+    assert not app.exception
+    assert len(app.dataframe[0].value) == 200
+    assert "Showing the first 200 of 204 rows; the downloads have all of them." in [c.value for c in app.caption]
+    assert [w.value for w in app.warning] == [
+        "1 row(s) skipped: empty text",
+        "1 row(s) skipped: selected_text not found in text",
+    ]
+    result = app.session_state["batch"]
+    assert [r["textID"] for r in result.rows] == [r[0] for r in rows[:204]]
+    pred = untrained_extractor.extract([rows[203][1]], ["positive"])[0]
+    assert result.rows[-1]["prediction"] == pred
+    assert result.rows[-1]["jaccard"] == pytest.approx(jaccard(pred, "fine"))

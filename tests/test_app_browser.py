@@ -2,7 +2,8 @@
 is driven by Debian's headless Chromium.
 
 Playwright's own browser download does not work offline, so this uses the system Chromium
-(``apt-get install chromium``) and skips, saying why, where it or Playwright is missing.
+(``apt-get install chromium``), found as ``.ci/run`` finds it (``tests.conftest.chromium``). Where it,
+Playwright or Streamlit is missing these tests skip, saying why; under ``CI=true`` they fail instead.
 A screenshot of the finished page is saved to ``test-artifacts/app.png``.
 """
 
@@ -22,10 +23,8 @@ from pathlib import Path
 import pytest
 
 from sentex.metrics import jaccard
-from tests.conftest import TWEETS, write_rows
-from tests.test_app import APP_FILE, ROOT, build_span_checkpoint
+from tests.conftest import APP_FILE, ROOT, TWEETS, chromium, missing, require_module, write_rows
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -39,7 +38,11 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts"
 UI_TIMEOUT_MS = 120_000  # the first Extract loads the model in the server (MiniLM, a few seconds on 2 cores)
 
-pytest.importorskip("streamlit", reason="serving the app needs streamlit (pip install streamlit)")
+
+@pytest.fixture(scope="module", autouse=True)
+def streamlit_installed() -> None:
+    """Every test here serves the app; skip (fail under CI=true) before any server starts without Streamlit."""
+    require_module("streamlit", "serving the app needs streamlit (pip install -e '.[app]')")
 
 
 def free_port() -> int:
@@ -74,17 +77,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def span_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_span_checkpoint(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def server(span_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(untrained_span_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``streamlit run`` on 127.0.0.1 and a free port; stopped (and reaped) in teardown."""
     port, log = free_port(), tmp_path_factory.mktemp("streamlit") / "server.log"
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.address", "127.0.0.1"]
     cmd += ["--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    cmd += ["--", "--model", str(span_ckpt)]
+    cmd += ["--", "--model", str(untrained_span_ckpt)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     env.pop("SENTEX_MODEL", None)  # the --model argument must be what picks the model
     with open(log, "w") as out:
@@ -98,20 +96,25 @@ def server(span_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def playwright_api():
-    """Playwright's sync API, where it and the system Chromium are installed; else skip (before any server starts)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    return pytest.importorskip(
-        "playwright.sync_api", reason="Playwright's Python package is missing (pip install playwright)"
-    )
+def chromium_path() -> str:
+    """Debian's Chromium; skips (fails under CI=true) before any server starts where it is missing."""
+    path = chromium()
+    if path is None:
+        missing("no chromium on PATH (apt-get install chromium)")
+    return path
 
 
 @pytest.fixture(scope="module")
-def page(playwright_api, server: str) -> Iterator[object]:
+def playwright_api(chromium_path: str):
+    """Playwright's sync API, where it and the system Chromium are installed; else skip (before any server starts)."""
+    return require_module("playwright.sync_api", "Playwright's Python package is missing (pip install -e '.[dev]')")
+
+
+@pytest.fixture(scope="module")
+def page(playwright_api, chromium_path: str, server: str) -> Iterator[object]:
     """Debian's Chromium, headless, on the served page."""
     with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
         context = browser.new_context(viewport={"width": 1400, "height": 1700}, accept_downloads=True)
         tab = context.new_page()
         tab.set_default_timeout(UI_TIMEOUT_MS)
@@ -122,16 +125,9 @@ def page(playwright_api, server: str) -> Iterator[object]:
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def extractor(span_ckpt: Path):
-    from sentex.deploy.load import load
-
-    return load(str(span_ckpt))
-
-
-def test_sentex_app_serves_the_page(span_ckpt: Path, tmp_path: Path) -> None:
+def test_sentex_app_serves_the_page(untrained_span_ckpt: Path, tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "sentex", "app", "--model", str(span_ckpt), "--headless"]
+    cmd = [sys.executable, "-m", "sentex", "app", "--model", str(untrained_span_ckpt), "--headless"]
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [*cmd, "--port", str(port), "--address", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
@@ -153,7 +149,7 @@ def download_text(page, label: str) -> str:
     return Path(info.value.path()).read_text(encoding="utf-8")
 
 
-def test_browser_single_then_batch(page, extractor, tmp_path: Path) -> None:
+def test_browser_single_then_batch(page, untrained_extractor, tmp_path: Path) -> None:
     text = "Stuck in traffic for an hour and now I missed the start of the show, great"
     page.get_by_role("textbox", name="Tweet", exact=True).fill(text)
     page.locator('[data-testid="stRadio"]').get_by_text("negative", exact=True).click()
@@ -161,7 +157,7 @@ def test_browser_single_then_batch(page, extractor, tmp_path: Path) -> None:
 
     mark = page.locator("mark.sentex-phrase")
     mark.wait_for()
-    expected = extractor.extract([text], ["negative"])[0]
+    expected = untrained_extractor.extract([text], ["negative"])[0]
     assert mark.inner_text() == expected.strip()
     tweet = page.locator("div.sentex-tweet")
     assert tweet.inner_text().strip() == text.strip()  # the whole tweet is shown around the highlight
@@ -170,7 +166,7 @@ def test_browser_single_then_batch(page, extractor, tmp_path: Path) -> None:
     upload = write_rows(tmp_path / "batch.csv", TWEETS)
     page.locator('input[type="file"]').set_input_files(str(upload))
     page.get_by_role("button", name="Download results CSV", exact=True).wait_for()
-    preds = extractor.extract([t[1] for t in TWEETS], [t[3] for t in TWEETS])
+    preds = untrained_extractor.extract([t[1] for t in TWEETS], [t[3] for t in TWEETS])
     results = list(csv.DictReader(io.StringIO(download_text(page, "Download results CSV"))))
     assert [r["textID"] for r in results] == [t[0] for t in TWEETS]
     assert [r["prediction"] for r in results] == preds
@@ -189,7 +185,9 @@ def test_browser_single_then_batch(page, extractor, tmp_path: Path) -> None:
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
 
 
-def test_browser_bad_csv_shows_error_and_page_keeps_working(page, playwright_api, extractor, tmp_path: Path) -> None:
+def test_browser_bad_csv_shows_error_and_page_keeps_working(
+    page, playwright_api, untrained_extractor, tmp_path: Path
+) -> None:
     bad = tmp_path / "wrong.csv"
     bad.write_text("id,tweet\n1,hello\n", encoding="utf-8")
     page.locator('input[type="file"]').set_input_files(str(bad))
@@ -203,6 +201,6 @@ def test_browser_bad_csv_shows_error_and_page_keeps_working(page, playwright_api
     page.get_by_role("textbox", name="Tweet", exact=True).fill(text)
     page.locator('[data-testid="stRadio"]').get_by_text("positive", exact=True).click()
     page.get_by_role("button", name="Extract", exact=True).click()
-    expected = extractor.extract([text], ["positive"])[0]
+    expected = untrained_extractor.extract([text], ["positive"])[0]
     page.locator("div.sentex-tweet").filter(has_text=text).wait_for()
     assert page.locator("mark.sentex-phrase").inner_text() == expected.strip()

@@ -2,9 +2,6 @@
 
 import csv
 import importlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +9,8 @@ import yaml
 
 from sentex.cli import main
 from sentex.models import ExtractorModule
-from tests.conftest import TWEETS, write_rows
+from tests.conftest import CONFIG_DIR, CONFIGS, TWEETS, sentex, write_rows
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 SUBCOMMANDS = ["fit", "validate", "test", "predict"]
 
 
@@ -23,12 +19,6 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, 
         main(args)
     out, err = capsys.readouterr()
     return exit_info.value.code or 0, out, err
-
-
-def sentex(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "sentex", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture) -> None:
@@ -73,7 +63,7 @@ def test_fit_then_predict_end_to_end(tiny_t5: Path, tmp_path: Path) -> None:
     test_rows = [(f"t{i}", text, sentiment) for i, (_, text, _, sentiment) in enumerate(TWEETS)]
     test = write_rows(tmp_path / "test.csv", test_rows, header=("textID", "text", "sentiment"))
     common = [
-        "--config", str(CONFIGS[0].parent / "lora_cpu.yaml"),
+        "--config", str(CONFIG_DIR / "lora_cpu.yaml"),
         "--model.init_args.model_name_or_path", str(tiny_t5),
         "--trainer.limit_val_batches", "1",
     ]  # fmt: skip
@@ -101,9 +91,7 @@ def test_fit_then_predict_end_to_end(tiny_t5: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_data_error_exits_nonzero_with_one_line(tmp_path: Path) -> None:
     bad = write_rows(tmp_path / "bad.csv", [("1", "hi there", "hi", "happy")])
-    res = sentex(
-        "fit", "--config", str(CONFIGS[0].parent / "quickstart.yaml"), "--data.train_path", str(bad), cwd=tmp_path
-    )
+    res = sentex("fit", "--config", str(CONFIG_DIR / "quickstart.yaml"), "--data.train_path", str(bad), cwd=tmp_path)
     assert res.returncode == 1
     assert "sentex: error: " in res.stderr and "unknown value 'happy'" in res.stderr
     assert "Traceback" not in res.stderr

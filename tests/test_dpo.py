@@ -15,8 +15,7 @@ from sentex.alignment.span import DPOSpanExtractor
 from sentex.data import TweetDataModule
 from sentex.errors import CheckpointError
 from sentex.models import Seq2SeqExtractor, SpanExtractor
-from tests.conftest import TWEETS, write_rows
-from tests.test_cli import CONFIGS, sentex
+from tests.conftest import CONFIGS, TWEETS, sentex, write_rows
 
 T = torch.tensor
 

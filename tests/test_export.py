@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -17,14 +18,31 @@ from sentex.deploy.load import load
 from sentex.deploy.quant.int4 import Int4Linear
 from sentex.errors import CheckpointError, SentexError
 from sentex.io.atomic import current_umask
-from tests.test_inference import SENTIMENTS, TEXTS, span_checkpoint, t5_checkpoint
+from tests.conftest import (
+    SENTIMENTS,
+    TEXTS,
+    TWEETS,
+    FittedCheckpoint,
+    fit_span_checkpoint,
+    t5_checkpoint,
+    write_rows,
+)
 
 DTYPES = ["fp32", "fp16", "bf16", "int8", "int4"]
-
-
-@pytest.fixture(scope="module")
-def span_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return span_checkpoint(tmp_path_factory.mktemp("span") / "span.ckpt")
+# How far each export's logits may be from the fp32 export's on the tiny T5 (logits' std is about 1):
+# largest absolute error (None: unbounded), mean absolute error, and mean cosine similarity per position.
+# Measured (the random tiny T5 differs between transformers releases): fp16 0.11-0.14 / 0.0044-0.0077 /
+# 1.000, bf16 0.51-0.56 / 0.027-0.049 / 0.997-0.999, int8 1.1-3.9 / 0.086-0.20 / 0.942-0.992, int4
+# 2.9-3.7 / 0.31-0.44 / 0.82-0.92 (4-bit groups of 32 over d_model=64 are coarse; int8's largest error
+# is as large as the logits themselves, so only its mean is bounded); under transformers 5.24 and 4.56.
+T5_LOGIT_TOLERANCE: dict[str, tuple[float | None, float, float]] = {
+    "fp16": (0.3, 0.02, 0.999),
+    "bf16": (1.5, 0.12, 0.99),
+    "int8": (None, 0.5, 0.9),
+    "int4": (None, 1.0, 0.7),
+}
+# Of the 11 TEXTS, how many fp16/bf16 greedy generations must equal fp32's (measured 9-11 and 6-9).
+MIN_SAME_GREEDY_ROWS = {"fp16": 8, "bf16": 5}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +54,12 @@ def span_exports(span_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> d
 @pytest.fixture(scope="module")
 def t5_ckpt(tiny_t5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return t5_checkpoint(tiny_t5, tmp_path_factory.mktemp("t5") / "t5.ckpt")
+
+
+@pytest.fixture(scope="module")
+def t5_exports(t5_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("t5-exports")
+    return {d: (export(t5_ckpt, root / d, d), root / d)[1] for d in DTYPES}
 
 
 def _t5_inputs(tokenizer) -> dict[str, torch.Tensor]:
@@ -62,9 +86,8 @@ def test_merged_t5_matches_the_adapter_model(t5_ckpt: Path, tiny_t5: Path, tmp_p
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_t5_every_dtype_exports_and_generates(dtype: str, t5_ckpt: Path, tmp_path: Path) -> None:
-    export(t5_ckpt, tmp_path / dtype, dtype)
-    ex = load(tmp_path / dtype)
+def test_t5_every_dtype_exports_and_generates(dtype: str, t5_exports: dict[str, Path]) -> None:
+    ex = load(t5_exports[dtype])
     assert ex.family == "seq2seq" and ex.info["dtype"] == dtype
     preds = ex.extract(TEXTS, SENTIMENTS, batch_size=4)
     assert len(preds) == len(TEXTS) and all(isinstance(p, str) for p in preds)
@@ -78,6 +101,61 @@ def test_t5_every_dtype_exports_and_generates(dtype: str, t5_ckpt: Path, tmp_pat
         assert type(ffn.wi) is Int4Linear
     else:
         assert ex.pipeline.net.dtype == {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def _greedy_with_logits(net: nn.Module, batch: dict, generation: dict, path: torch.Tensor | None = None):
+    """Greedy ids of ``net`` on ``batch``, and its float32 logits along ``path`` (default: its own ids).
+
+    Teacher-forcing one decoder path through two nets compares their logits at the same steps.
+    """
+    prompt = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        ids = net.generate(**prompt, **generation)
+        path = ids if path is None else path
+        logits = net(**prompt, decoder_input_ids=path).logits.float()
+    return ids, logits[:, : path.shape[1] - 1]  # the last position predicts past the generated tokens
+
+
+@pytest.fixture(scope="module")
+def t5_logits(t5_exports: dict[str, Path]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each export's greedy ids on TEXTS and its logits along the fp32 export's greedy path."""
+    full = load(t5_exports["fp32"]).pipeline
+    batch = full.collate([{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)])
+    generation = {**full.codec.generation, "num_beams": 1, "do_sample": False}
+    out = {"fp32": _greedy_with_logits(full.net, batch, generation)}
+    for dtype in DTYPES[1:]:
+        out[dtype] = _greedy_with_logits(load(t5_exports[dtype]).pipeline.net, batch, generation, out["fp32"][0])
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+def test_t5_exports_match_the_fp32_export_numerically(
+    dtype: str, t5_logits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    """Same prompts, same decoder path: logits within the dtype's tolerance of fp32's; fp16/bf16 greedy
+    generations equal fp32's on every row where no near-tie flips a step."""
+    ids32, want = t5_logits["fp32"]
+    ids, got = t5_logits[dtype]
+    max_abs, mean_abs, mean_cos = T5_LOGIT_TOLERANCE[dtype]
+    err = (got - want).abs()
+    if max_abs is not None:
+        torch.testing.assert_close(got, want, atol=max_abs, rtol=0)
+    assert err.mean() <= mean_abs, f"{dtype}: mean |logit error| {err.mean():.4f} > {mean_abs}"
+    cos = nn.functional.cosine_similarity(got, want, dim=-1).mean()
+    assert cos >= mean_cos, f"{dtype}: mean cosine {cos:.4f} < {mean_cos}"
+    if dtype in ("fp16", "bf16"):
+        # Where this dtype's argmax is fp32's token at every step of fp32's greedy path, its own greedy
+        # decoding follows that path, so generate() must return fp32's tokens exactly. Rows with a
+        # near-tie (the tiny random T5 has top-2 margins down to 0.001) may flip.
+        same_path = (got.argmax(dim=-1) == want.argmax(dim=-1)).all(dim=1)
+        assert same_path.sum() >= MIN_SAME_GREEDY_ROWS[dtype], f"{dtype}: {same_path.sum()} rows follow fp32's path"
+        assert ids.shape == ids32.shape and torch.equal(ids[same_path], ids32[same_path])
+
+
+def test_t5_lower_precision_is_less_exact(t5_logits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    want = t5_logits["fp32"][1]
+    errors = [(t5_logits[d][1] - want).abs().mean().item() for d in DTYPES[1:]]
+    assert errors == sorted(errors) and errors[0] > 0, dict(zip(DTYPES[1:], errors))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -124,7 +202,8 @@ def test_int4_is_smaller_than_int8_and_close_in_output(span_exports: dict[str, P
     assert cos[batch["attention_mask"].bool()].mean() > 0.9
 
 
-def test_manifest_and_model_card(span_exports: dict[str, Path], span_ckpt: Path) -> None:
+def test_manifest_and_model_card(span_exports: dict[str, Path], span_fit: FittedCheckpoint) -> None:
+    span_ckpt, score = span_fit.path, span_fit.metrics["val/jaccard"]
     folder = span_exports["int8"]
     names = {p.name for p in folder.iterdir()}
     assert {"sentex.json", "README.md", "config.json", "model.int8.safetensors", "head.safetensors"} <= names
@@ -133,18 +212,27 @@ def test_manifest_and_model_card(span_exports: dict[str, Path], span_ckpt: Path)
     assert manifest["family"] == "span" and manifest["dtype"] == "int8"
     assert manifest["base_model"] == "packaged:all-MiniLM-L6-v2"
     assert manifest["settings"] == {"max_length": 32, "max_span_tokens": 64, "neutral_full_tweet": True}
-    assert manifest["metrics"] == {"val/jaccard": 0.625}
+    assert manifest["metrics"] == {"val/jaccard": round(score, 6)}  # as the real ModelCheckpoint kept it
     assert manifest["lora"] is None and manifest["hyper_parameters"]["learning_rate"] == 5e-5
     assert manifest["source_checkpoint"] == str(span_ckpt) and manifest["sentex_version"]
     assert manifest["quantization"]["kept_fp32"] == []
     card = (folder / "README.md").read_text()
-    for needle in ("span extractor (int8)", "packaged:all-MiniLM-L6-v2", "## How to load", "0.6250", "## Data licence"):
+    needles = (
+        "span extractor (int8)",
+        "packaged:all-MiniLM-L6-v2",
+        "## How to load",
+        f"{score:.4f}",
+        "## Data licence",
+    )
+    for needle in needles:
         assert needle in card
 
 
 def test_lora_span_manifest_records_the_merged_adapter(tmp_path: Path) -> None:
-    ckpt = span_checkpoint(tmp_path / "lora.ckpt", lora_r=4, lora_alpha=8, lora_target_modules=["query", "value"])
+    fitted = fit_span_checkpoint(tmp_path / "lora.ckpt", lora_r=4, lora_alpha=8, lora_target_modules=["query", "value"])
+    ckpt = fitted.path
     manifest = export(ckpt, tmp_path / "out", "fp32")
+    assert manifest["metrics"] == {"val/jaccard": round(fitted.metrics["val/jaccard"], 6)}
     assert manifest["lora"] == {
         "r": 4,
         "alpha": 8,
@@ -217,10 +305,6 @@ def _run(*args: str) -> None:
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
 def test_predict_and_test_take_an_exported_folder(dtype: str, span_exports: dict[str, Path], tmp_path: Path) -> None:
-    import csv
-
-    from tests.conftest import TWEETS, write_rows
-
     data = write_rows(tmp_path / "tweets.csv", TWEETS)
     folder = str(span_exports[dtype])
     _run("predict", "--ckpt_path", folder, "--data.predict_path", str(data), "--trainer.default_root_dir",
@@ -244,8 +328,6 @@ def _config_naming(tmp_path: Path, folder: Path) -> Path:
 def test_exported_folder_misuse_is_a_one_line_error(
     span_exports: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from tests.conftest import TWEETS, write_rows
-
     data = str(write_rows(tmp_path / "tweets.csv", TWEETS))
     for args, message in [
         (["predict", "--ckpt_path", str(tmp_path), "--data.predict_path", data], "not a sentex export (no sentex"),

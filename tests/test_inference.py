@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
@@ -32,55 +31,14 @@ from sentex.deploy.quant.int8 import (
     save_int8,
 )
 from sentex.errors import CheckpointError, SentexError
-from sentex.models import Seq2SeqExtractor, SpanExtractor
-from tests.conftest import TWEETS
-
-TEXTS = [t[1] for t in TWEETS] + ["  Sooo SAD I will miss you!!!", "best. day. ever 😀😀 thanks", ""]
-SENTIMENTS = [t[3] for t in TWEETS] + ["negative", "positive", "positive"]
-
-
-def save_module(module: pl.LightningModule, path: Path, metrics: dict[str, float] | None = None) -> Path:
-    """Write a sentex checkpoint of ``module`` (through Lightning, so hooks run), optionally with a best score."""
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=path.parent)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    if metrics:
-        ckpt = torch.load(path, weights_only=True)
-        for monitor, score in metrics.items():
-            ckpt.setdefault("callbacks", {})[f"ModelCheckpoint{{'monitor': '{monitor}'}}"] = {
-                "monitor": monitor,
-                "best_model_score": torch.tensor(score),
-            }
-        torch.save(ckpt, path)
-    return path
-
-
-def span_checkpoint(path: Path, **kw) -> Path:
-    """A span model on the packaged MiniLM with a random (seeded) head."""
-    torch.manual_seed(0)
-    return save_module(SpanExtractor(max_length=32, **kw), path, {"val/jaccard": 0.625})
-
-
-def t5_checkpoint(tiny_t5: Path, path: Path) -> Path:
-    """A tiny-T5 LoRA model whose adapters are random, so merging them changes the model."""
-    torch.manual_seed(0)
-    module = Seq2SeqExtractor(
-        str(tiny_t5),
-        prompt_template="{sentiment}: {text}",
-        lora_r=4,
-        lora_target_modules=["q", "v", "wi", "wo"],
-        generation={"max_new_tokens": 6},
-    )
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    return save_module(module, path)
-
-
-@pytest.fixture(scope="module")
-def span_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return span_checkpoint(tmp_path_factory.mktemp("span") / "span.ckpt")
+from sentex.models import SpanExtractor
+from tests.conftest import (
+    SENTIMENTS,
+    TEXTS,
+    FittedCheckpoint,
+    span_checkpoint,  # noqa: F401  (re-exported: tests/test_bench.py imports it from here)
+    t5_checkpoint,
+)
 
 
 def test_quantize_rows_error_is_at_most_half_a_step() -> None:
@@ -184,10 +142,12 @@ def test_quantizable_weights_skip_kept_modules(tiny_t5: Path) -> None:
     assert not any("layer_norm" in k for k in keys)
 
 
-def test_checkpoint_loads_and_predicts_like_the_module(span_ckpt: Path) -> None:
+def test_checkpoint_loads_and_predicts_like_the_module(span_fit: FittedCheckpoint) -> None:
+    span_ckpt = span_fit.path
     ex = load(span_ckpt)
     assert isinstance(ex, Extractor) and ex.family == "span"
-    assert ex.info["metrics"] == {"val/jaccard": 0.625}
+    # the score the real ModelCheckpoint kept, rounded to the 6 decimals sentex reports
+    assert ex.info["metrics"] == {"val/jaccard": round(span_fit.metrics["val/jaccard"], 6)}
     assert ex.info["base_model"] == "packaged:all-MiniLM-L6-v2" and ex.info["hyper_parameters"]["max_length"] == 32
     module = SpanExtractor.load_from_checkpoint(span_ckpt, map_location="cpu").eval()
     rows = [{"text": t, "sentiment": s} for t, s in zip(TEXTS, SENTIMENTS)]

@@ -27,6 +27,9 @@ def turn_off_dropout(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+        # transformers 4.x BERT sdpa attention passes its own ``dropout_prob`` to the kernel, not an nn.Dropout
+        if isinstance(getattr(m, "dropout_prob", None), float):
+            m.dropout_prob = 0.0
 
 
 class FrozenCopy(nn.Module):
