@@ -160,9 +160,42 @@ def sentex(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPro
     Returns:
         The finished process, with ``stdout`` and ``stderr`` as text.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "sentex", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        sentex_command(*args), cwd=cwd, env=sentex_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def sentex_command(*args: str) -> list[str]:
+    """``python -m sentex ARGS`` as a command list (for ``subprocess.Popen`` when a test must kill it)."""
+    return [sys.executable, "-m", "sentex", *args]
+
+
+def sentex_env() -> dict[str, str]:
+    """The environment of a user's run in tests: one thread, offline."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def many_tweets(path: Path, copies: int) -> Path:
+    """``copies`` x the hand-written tweets, with unique ids."""
+    rows = [(f"{tid}_{i}", text, sel, sent) for i in range(copies) for tid, text, sel, sent in TWEETS]
+    return write_rows(path, rows)
+
+
+def tiny_fit_args(tiny_t5: Path, train: Path, root: Path, *extra: str) -> list[str]:
+    """``sentex fit`` arguments of a short LoRA run of the tiny T5 (2 epochs, a last.ckpt every 4 steps)."""
+    return [
+        "fit",
+        "--config", str(CONFIG_DIR / "lora_cpu.yaml"),
+        "--model.init_args.model_name_or_path", str(tiny_t5),
+        "--data.train_path", str(train),
+        "--data.batch_size", "2",
+        "--trainer.max_epochs", "2",
+        "--trainer.limit_val_batches", "2",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(root),
+        "--last_checkpoint.every_n_train_steps", "4",  # 144 steps in all: the last save is the end
+        *extra,
+    ]  # fmt: skip
 
 
 # --- models and checkpoints ---------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_real_sentex_test_and_the_app_agree_row_by_row(tmp_path: Path) -> None:
     """A real model through `sentex test` and through the app's batch: same rows, predictions, mean Jaccard."""
     from sentex.deploy.export import export
     from sentex.deploy.load import load
-    from tests.test_inference import span_checkpoint
+    from tests.conftest import span_checkpoint
 
     folder = tmp_path / "model"
     export(span_checkpoint(tmp_path / "span.ckpt"), folder, "fp32")

@@ -31,8 +31,7 @@ from sentex.deploy.export import export
 from sentex.deploy.load import load
 from sentex.errors import SentexError
 from sentex.metrics import jaccard
-from tests.conftest import TWEETS, write_rows
-from tests.test_inference import span_checkpoint
+from tests.conftest import TWEETS, span_checkpoint, write_rows
 
 # A row the labelled-file policy skips (its phrase is not in the tweet): bench must not score it.
 BAD_ROW = ("bad", "nothing to see here", "missing phrase", "negative")

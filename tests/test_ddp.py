@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TWEETS, write_rows
-from tests.test_resume import CONFIGS, many_tweets, run_sentex
+from tests.conftest import CONFIG_DIR, TWEETS, many_tweets, sentex, write_rows
 
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
 def tiny(tiny_t5: Path) -> list[str]:
     return [
-        "--config", str(CONFIGS / "lora_cpu.yaml"),
+        "--config", str(CONFIG_DIR / "lora_cpu.yaml"),
         "--model.init_args.model_name_or_path", str(tiny_t5),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
@@ -35,7 +34,7 @@ def read_submission(path: Path) -> list[dict[str, str]]:
 def test_ddp_fit_then_predict_writes_one_complete_submission(tiny_t5: Path, tmp_path: Path) -> None:
     train = many_tweets(tmp_path / "train.csv", copies=3)
     args = ["--data.train_path", str(train), "--data.batch_size", "4"]
-    fit = run_sentex("fit", *tiny(tiny_t5), *DDP, *args, cwd=tmp_path)
+    fit = sentex("fit", *tiny(tiny_t5), *DDP, *args, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "Starting with 2 processes" in fit.stderr
     runs = list((tmp_path / "lightning_logs").iterdir())
@@ -47,9 +46,9 @@ def test_ddp_fit_then_predict_writes_one_complete_submission(tiny_t5: Path, tmp_
     rows = [(f"p{i}", text, sentiment) for i, (_, text, _, sentiment) in enumerate(TWEETS[:5])]
     test = write_rows(tmp_path / "test.csv", rows, header=("textID", "text", "sentiment"))
     common = [*tiny(tiny_t5), "--ckpt_path", str(last), "--data.predict_path", str(test), "--data.eval_batch_size", "2"]
-    ddp = run_sentex("predict", *common, *DDP, "--submission.output_path", "ddp.csv", cwd=tmp_path)
+    ddp = sentex("predict", *common, *DDP, "--submission.output_path", "ddp.csv", cwd=tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = run_sentex("predict", *common, "--submission.output_path", "single.csv", cwd=tmp_path)
+    single = sentex("predict", *common, "--submission.output_path", "single.csv", cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp_rows = read_submission(tmp_path / "ddp.csv")
     assert [r["textID"] for r in ddp_rows] == [r[0] for r in rows]
@@ -59,7 +58,7 @@ def test_ddp_fit_then_predict_writes_one_complete_submission(tiny_t5: Path, tmp_
 
     # The per-row test report: rank order undone and the padding repeat dropped.
     labelled = write_rows(tmp_path / "labelled.csv", TWEETS[:5])
-    tested = run_sentex(
+    tested = sentex(
         "test", *tiny(tiny_t5), *DDP, "--ckpt_path", str(last), "--data.test_path", str(labelled),
         "--data.eval_batch_size", "2", cwd=tmp_path,
     )  # fmt: skip
@@ -78,12 +77,12 @@ def test_ddp_validate_metrics_equal_single_process(tmp_path: Path) -> None:
     """Jaccard states are sums, so two processes with part of the rows each must report the full-set mean."""
     val = write_rows(tmp_path / "val.csv", TWEETS[:7])  # 7 rows: 4 + 3, no row may count twice
     args = [
-        "validate", "--config", str(CONFIGS / "quickstart.yaml"), "--trainer.enable_progress_bar", "false",
+        "validate", "--config", str(CONFIG_DIR / "quickstart.yaml"), "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "false", "--data.val_path", str(val), "--data.eval_batch_size", "3",
     ]  # fmt: skip
-    single = run_sentex(*args, cwd=tmp_path)
+    single = sentex(*args, cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = run_sentex(*args, *DDP, cwd=tmp_path)
+    ddp = sentex(*args, *DDP, cwd=tmp_path)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = validate_metrics(single.stdout), validate_metrics(ddp.stdout)
     assert {"val/jaccard", "val/exact_match", "val/token_f1", "val/jaccard_neutral"} <= one.keys()
@@ -97,7 +96,7 @@ def test_ddp_validate_metrics_equal_single_process(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bucketing_under_ddp_fails_clearly(tiny_t5: Path, tmp_path: Path) -> None:
     train = many_tweets(tmp_path / "train.csv", copies=2)
-    res = run_sentex(
+    res = sentex(
         "fit", *tiny(tiny_t5), *DDP, "--data.train_path", str(train), "--data.bucket_by_length", "true", cwd=tmp_path
     )
     assert res.returncode != 0

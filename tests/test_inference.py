@@ -36,7 +36,6 @@ from tests.conftest import (
     SENTIMENTS,
     TEXTS,
     FittedCheckpoint,
-    span_checkpoint,  # noqa: F401  (re-exported: tests/test_bench.py imports it from here)
     t5_checkpoint,
 )
 

@@ -11,7 +11,7 @@ import torch
 from sentex.data.sampling import LengthBucketBatchSampler, ResumableRandomSampler
 from sentex.io.atomic import atomic_path
 from sentex.training.callbacks import RandomStateCheckpoint
-from tests.test_resume import many_tweets, run_sentex, tiny_fit_args
+from tests.conftest import many_tweets, sentex, tiny_fit_args
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tiny_t5: Path
     args = tiny_fit_args(tiny_t5, train, tmp_path)
     args += ["--model.init_args.learning_rate", "1e30", "--model.init_args.warmup_steps", "0"]
     args += ["--last_checkpoint.every_n_train_steps", "1"]
-    res = run_sentex(*args, cwd=tmp_path)
+    res = sentex(*args, cwd=tmp_path)
     assert res.returncode == 1, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("sentex: error: ")]

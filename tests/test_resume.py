@@ -12,50 +12,22 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import TWEETS, write_rows
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def sentex_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sentex", *args]
-
-
-def sentex_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def run_sentex(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(sentex_cmd(*args), cwd=cwd, env=sentex_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def many_tweets(path: Path, copies: int) -> Path:
-    """``copies`` x the hand-written tweets, with unique ids."""
-    rows = [(f"{tid}_{i}", text, sel, sent) for i in range(copies) for tid, text, sel, sent in TWEETS]
-    return write_rows(path, rows)
-
-
-def tiny_fit_args(tiny_t5: Path, train: Path, root: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config", str(CONFIGS / "lora_cpu.yaml"),
-        "--model.init_args.model_name_or_path", str(tiny_t5),
-        "--data.train_path", str(train),
-        "--data.batch_size", "2",
-        "--trainer.max_epochs", "2",
-        "--trainer.limit_val_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(root),
-        "--last_checkpoint.every_n_train_steps", "4",  # 144 steps in all: the last save is the end
-        *extra,
-    ]  # fmt: skip
+from tests.conftest import (
+    CONFIG_DIR,
+    TWEETS,
+    many_tweets,
+    sentex,
+    sentex_command,
+    sentex_env,
+    tiny_fit_args,
+    write_rows,
+)
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -93,13 +65,13 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted_run(tiny_t5: Path, tmp_path: Path) -> None:
     train = many_tweets(tmp_path / "train.csv", copies=20)  # 144 training rows: 72 steps per epoch
-    full = run_sentex(*tiny_fit_args(tiny_t5, train, tmp_path / "full"), cwd=tmp_path)
+    full = sentex(*tiny_fit_args(tiny_t5, train, tmp_path / "full"), cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
 
     root = tmp_path / "killed"
     last = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
-        sentex_cmd(*tiny_fit_args(tiny_t5, train, root)), cwd=tmp_path, env=sentex_env(),
+        sentex_command(*tiny_fit_args(tiny_t5, train, root)), cwd=tmp_path, env=sentex_env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -113,7 +85,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tiny_t5: Path, tmp_path: P
     assert 0 < killed_at < 72, "the kill should land mid-way through the first epoch"
     assert state["TweetDataModule"] == {"epoch": 0, "batches_done": killed_at}
 
-    resumed = run_sentex(*tiny_fit_args(tiny_t5, train, root, "--ckpt_path", "last"), cwd=tmp_path)
+    resumed = sentex(*tiny_fit_args(tiny_t5, train, root, "--ckpt_path", "last"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "not resumable" not in resumed.stderr
     resumed_dir = root / "lightning_logs" / "version_1"
@@ -133,11 +105,12 @@ def test_same_seed_same_metrics_and_predictions(tiny_t5: Path, tmp_path: Path) -
     test = write_rows(tmp_path / "test.csv", unlabelled, header=("textID", "text", "sentiment"))
     outputs = []
     for name in ("a", "b"):
-        fit = run_sentex(*tiny_fit_args(tiny_t5, train, tmp_path / name), cwd=tmp_path)
+        fit = sentex(*tiny_fit_args(tiny_t5, train, tmp_path / name), cwd=tmp_path)
         assert fit.returncode == 0, fit.stderr[-3000:]
         run_dir = tmp_path / name / "lightning_logs" / "version_0"
-        pred = run_sentex(
-            "predict", "--config", str(CONFIGS / "lora_cpu.yaml"), "--model.init_args.model_name_or_path", str(tiny_t5),
+        pred = sentex(
+            "predict", "--config", str(CONFIG_DIR / "lora_cpu.yaml"),
+            "--model.init_args.model_name_or_path", str(tiny_t5),
             "--trainer.enable_progress_bar", "false", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
             "--data.predict_path", str(test), "--submission.output_path", str(tmp_path / name / "submission.csv"),
             cwd=tmp_path,
