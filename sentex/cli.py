@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sentex.data import TweetDataModule
@@ -90,9 +90,24 @@ class SentexCLI(LightningCLI):
         trainer = config.get("trainer") or {}
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
-        names = [str(c.get("class_path", "")) if hasattr(c, "get") else type(c).__name__ for c in configured]
-        if trainer.get("enable_progress_bar", True) is not False and not any("ProgressBar" in n for n in names):
+        if trainer.get("enable_progress_bar", True) is not False and not any(map(is_progress_bar, configured)):
             self.trainer_defaults["callbacks"].append(progress_callback())
+
+
+def is_progress_bar(callback: Any) -> bool:
+    """Whether a configured callback (an instance, or a ``class_path`` entry) is a Lightning progress bar.
+
+    >>> is_progress_bar({"class_path": "sentex.training.progress.PlainProgress"}), is_progress_bar(FitSummary())
+    (True, False)
+    """
+    if isinstance(callback, Callback):
+        return isinstance(callback, ProgressBar)
+    module, _, name = str(callback.get("class_path", "")).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        return False  # the parser reports an unknown class itself
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
 def progress_callback() -> Callback:

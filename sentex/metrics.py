@@ -163,6 +163,28 @@ class AnswerWords(MeanTextScore):
     score = staticmethod(answer_words)
 
 
+class MeanValue(Metric):
+    """Mean of the values of a tensor over every update and process (sum/count states).
+
+    Unlike torchmetrics' ``MeanMetric`` its out-of-place updates survive a ``validate`` (inference
+    mode) before ``fit``, and a process that saw no value still takes part in the reduction.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor) -> None:
+        self.total = self.total + values.detach().double().sum()
+        self.count = self.count + values.numel()
+
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp(min=1)).float()
+
+
 class PerSentimentJaccard(Metric):
     """Mean Jaccard for each sentiment; ``compute`` returns ``{"jaccard_<sentiment>": value}``.
 

@@ -195,3 +195,31 @@ def test_align_with_the_recipe_config_writes_a_plain_joint_span_checkpoint(tmp_p
     )  # fmt: skip
     assert predict.returncode == 0, predict.stderr[-2000:]
     assert (tmp_path / "submission.csv").read_text().startswith("textID,selected_text")
+
+
+def test_sft_checkpoint_with_other_span_scoring_is_refused(joint_sft: Path) -> None:
+    from sentex.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="weights this model lacks.*pair_"):
+        DPOSpanExtractor(sft_checkpoint=str(joint_sft), max_length=48, max_span_tokens=8)  # independent
+
+
+def test_expected_jaccard_loss_stays_finite_with_a_row_without_tweet_tokens(joint_sft: Path) -> None:
+    model = DPOSpanExtractor(sft_checkpoint=str(joint_sft), max_length=48, max_span_tokens=8, span_scoring="joint",
+                             loss_type="expected_jaccard", beta=0.05)  # fmt: skip
+    rows = [{"textID": t[0], "text": t[1], "selected_text": t[2], "sentiment": t[3]} for t in TWEETS[:3]]
+    batch = model.collate(rows)
+    batch["in_tweet"][1] = False  # as a tweet of characters the tokenizer drops (e.g. a zero-width space)
+    model.log = model.log_dict = lambda *a, **k: None  # no trainer attached
+    loss = model.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.net.parameters() if p.grad is not None)
+
+
+def test_align_will_not_resume_from_a_supervised_checkpoint(joint_sft: Path, tmp_path: Path) -> None:
+    from tests.conftest import CONFIG_DIR, sentex
+
+    run = sentex("align", "--config", str(CONFIG_DIR / "dpo_span.yaml"), "--model.sft_checkpoint", str(joint_sft),
+                 "--data.train_path", "sentex:sample.csv", "--ckpt_path", str(joint_sft), cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 1 and "not a sentex align checkpoint" in run.stderr

@@ -236,6 +236,8 @@ def test_align_end_to_end(span_sft: Path, tmp_path: Path) -> None:
     args = (
         "align", "--config", str(CONFIGS[0].parent / "dpo_span.yaml"), "--data.train_path", str(train),
         "--model.sft_checkpoint", str(span_sft), "--model.max_length", "48", "--model.num_pairs", "12",
+        # the recipe's default is expected Jaccard on a joint model; this test drives DPO on pairs
+        "--model.loss_type", "sigmoid", "--model.span_scoring", "independent",
         "--data.batch_size", "4", "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "1",
     )  # fmt: skip
     res = sentex(*args, "--trainer.max_steps", "3", cwd=tmp_path)

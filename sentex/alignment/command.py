@@ -19,7 +19,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from sentex.alignment.module import DPOMixin
 from sentex.cli import SentexCLI, run_cli
-from sentex.errors import SentexError
+from sentex.errors import CheckpointError, SentexError
+from sentex.io.checkpoints import read_checkpoint
 
 
 class AlignCLI(SentexCLI):
@@ -40,6 +41,12 @@ class AlignCLI(SentexCLI):
         if subcommand:  # run=False (benchmarks) has no subcommand and no ckpt_path
             self._resume_path = self.config[subcommand].get("ckpt_path")
             self.config[subcommand]["ckpt_path"] = None
+        if self._resume_path and "dpo" not in (read_checkpoint(self._resume_path).get("sentex") or {}):
+            # SFT and align runs share lightning_logs/: "last" may be the SFT run's last.ckpt
+            raise CheckpointError(
+                f"{self._resume_path}: not a sentex align checkpoint (no alignment settings in it); resume"
+                " with a last.ckpt of the align run, or start it from model.sft_checkpoint without --ckpt_path"
+            )
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config

@@ -32,7 +32,12 @@ def load_sft_state(
             f"{path}: model.sft_checkpoint is a '{meta.get('family')}' model; this DPO module needs a '{family}' model"
         )
     state = rename_legacy_keys(ckpt["state_dict"], legacy_prefixes or {})
-    missing = set(expected) - set(state)
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if unexpected:  # e.g. a joint-scoring SFT model aligned with span_scoring: independent
+        raise CheckpointError(
+            f"{path}: model.sft_checkpoint has {len(unexpected)} weights this model lacks"
+            f" (e.g. '{sorted(unexpected)[0]}'); use the model settings it was trained with (span_scoring, LoRA)"
+        )
     if missing:
         raise CheckpointError(
             f"{path}: model.sft_checkpoint lacks {len(missing)} weights of this model (e.g. '{sorted(missing)[0]}');"

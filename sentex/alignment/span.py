@@ -18,6 +18,7 @@ from sentex.alignment.module import DPOMixin
 from sentex.alignment.pairs import PreferencePair
 from sentex.alignment.reference import FrozenCopy
 from sentex.alignment.sft import load_sft_state
+from sentex.metrics import MeanValue
 from sentex.models.base import Batch
 from sentex.models.components.span_math import (
     IGNORE,
@@ -41,6 +42,7 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
     family = "span"
 
     def load_sft(self, path: str) -> None:
+        self.val_entropy = MeanValue()
         state = load_sft_state(path, "span", self.trainable_shapes(), self.legacy_prefixes)
         self.load_state_dict(state, strict=False)
         self.reference = FrozenCopy(self.net)
@@ -107,14 +109,15 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.hparams.loss_type in PAIR_LOSS_TYPES:
             return super().training_step(batch, batch_idx)
-        # Rows whose gold span is not a valid span (truncated away) carry no Jaccard signal.
-        rows = batch["jaccards"].flatten(1).amax(1) > 0
         policy = self.span_distribution(self.net, batch)
         with torch.no_grad():
             ref = self.span_distribution(self.reference, batch)
+        # Rows with no span overlapping the gold (truncated away) carry no Jaccard signal, and a row
+        # with no valid span at all (no tweet token) has a NaN distribution: both are left out.
+        rows = (batch["jaccards"].flatten(1).amax(1) > 0) & torch.isfinite(policy.flatten(1)).any(1)
         out = expected_jaccard_loss(policy, ref, batch["jaccards"].to(policy.device), self.hparams.beta)
         n = rows.sum().clamp(min=1)
-        loss = (out.losses * rows).sum() / n
+        loss = torch.where(rows, out.losses, torch.zeros_like(out.losses)).sum() / n
         self.check_finite(loss, batch_idx)
         size = int(n.item())
         self.log("align/loss", loss, prog_bar=True, batch_size=size)
@@ -130,14 +133,18 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        # One forward pass gives the answers and the entropy of the policy's span distribution.
-        scores = self.codec.span_log_probs(self.logits(batch), batch)
+        # One forward pass gives the answers, the supervised loss and the entropy of the span distribution.
+        logits = self.logits(batch)
+        scores = self.codec.span_log_probs(logits, batch)
         preds = self.codec.decode(batch, scores)
         self.val_metrics.update(preds, batch["selected_text"], batch["sentiment"])
+        self.log("val/loss", self.loss_from_logits(logits, batch), batch_size=len(preds), sync_dist=True)
+        # Rows answered by rule have no distribution worth reporting; rows without a valid span have none.
         scored = torch.tensor([s != "neutral" or not self.codec.neutral_full_tweet for s in batch["sentiment"]])
-        if scored.any():  # rows answered by rule have no distribution worth reporting
-            entropy = span_entropy(normalize_spans(scores))[scored.to(scores.device)]
-            self.log("val/span_entropy", entropy.mean(), batch_size=int(scored.sum()), sync_dist=True)
+        entropy = span_entropy(normalize_spans(scores))
+        scored = scored.to(entropy.device) & torch.isfinite(entropy)
+        self.val_entropy.update(entropy[scored])  # a metric: every process reduces, rows or none
+        self.log("val/span_entropy", self.val_entropy, on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

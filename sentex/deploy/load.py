@@ -227,6 +227,6 @@ def load_folder(folder: Path) -> Extractor:
         else:
             model = load_network(folder, AutoModelForSeq2SeqLM, family, dtype)
             pipeline = InferencePipeline(model, Seq2SeqCodec(tokenizer, **settings))
-    except (OSError, RuntimeError, KeyError) as err:
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:  # TypeError: unknown settings
         raise CheckpointError(f"{folder}: incomplete or corrupt export: {first_line(err)}") from None
     return Extractor(pipeline, family, manifest)

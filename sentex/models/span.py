@@ -118,7 +118,10 @@ class SpanExtractor(ExtractorModule):
         return self.codec.logits(self.net, batch)
 
     def compute_loss(self, batch: Batch) -> torch.Tensor:
-        logits = self.logits(batch)
+        return self.loss_from_logits(self.logits(batch), batch)
+
+    def loss_from_logits(self, logits: SpanLogits, batch: Batch) -> torch.Tensor:
+        """The supervised loss of a labelled batch from the network's scores (see ``span_scoring``)."""
         span, allowed = batch["span"], batch["in_tweet"]
         start_logp, end_logp = boundary_log_probs(logits.start, allowed), boundary_log_probs(logits.end, allowed)
         if (span[:, 0] == IGNORE).all():
