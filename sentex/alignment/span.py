@@ -55,17 +55,14 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
         return all(p.strip() and p in pair.text for p in (pair.chosen, pair.rejected))
 
     # --- batches ---------------------------------------------------------------------------
-    def collate(self, rows: list[dict[str, Any]]) -> Batch:
-        batch = super().collate(rows)
-        if self.hparams.loss_type not in PAIR_LOSS_TYPES and "span" in batch and "rejected" not in batch:
-            valid = valid_pairs(batch["in_tweet"], self.codec.max_span_tokens)
-            batch["jaccards"] = torch.stack(
-                [
-                    span_jaccards(text, offsets, v, gold)
-                    for text, offsets, v, gold in zip(batch["text"], batch["offsets"], valid, batch["selected_text"])
-                ]
-            )
-        return batch
+    def span_jaccards(self, batch: Batch) -> torch.Tensor:
+        """``(batch, tokens, tokens)`` Jaccard with the gold phrase of every valid span (the objective's reward).
+
+        Computed in the training step, not in ``collate``: validation batches never need it.
+        """
+        valid = valid_pairs(batch["in_tweet"].cpu(), self.codec.max_span_tokens)
+        rows = zip(batch["text"], batch["offsets"], valid, batch["selected_text"])
+        return torch.stack([span_jaccards(text, offsets, v, gold) for text, offsets, v, gold in rows])
 
     def collate_pairs(self, rows: list[dict[str, Any]]) -> Batch:
         batch = self.codec.collate(rows)  # the tweet once; "span" is the chosen answer's
@@ -114,8 +111,9 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
             ref = self.span_distribution(self.reference, batch)
         # Rows with no span overlapping the gold (truncated away) carry no Jaccard signal, and a row
         # with no valid span at all (no tweet token) has a NaN distribution: both are left out.
-        rows = (batch["jaccards"].flatten(1).amax(1) > 0) & torch.isfinite(policy.flatten(1)).any(1)
-        out = expected_jaccard_loss(policy, ref, batch["jaccards"].to(policy.device), self.hparams.beta)
+        jaccards = self.span_jaccards(batch).to(policy.device)
+        rows = (jaccards.flatten(1).amax(1) > 0) & torch.isfinite(policy.flatten(1)).any(1)
+        out = expected_jaccard_loss(policy, ref, jaccards, self.hparams.beta)
         n = rows.sum().clamp(min=1)
         loss = torch.where(rows, out.losses, torch.zeros_like(out.losses)).sum() / n
         self.check_finite(loss, batch_idx)
