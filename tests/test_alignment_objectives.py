@@ -224,3 +224,9 @@ def test_align_will_not_resume_from_a_supervised_checkpoint(joint_sft: Path, tmp
     run = sentex("align", "--config", str(CONFIG_DIR / "dpo_span.yaml"), "--model.sft_checkpoint", str(joint_sft),
                  "--data.train_path", "sentex:sample.csv", "--ckpt_path", str(joint_sft), cwd=tmp_path)  # fmt: skip
     assert run.returncode == 1 and "not a sentex align checkpoint" in run.stderr
+
+
+def test_pair_options_are_refused_with_the_expected_jaccard_objective(joint_sft: Path) -> None:
+    with pytest.raises(ValueError, match="rdpo_alpha apply to loss_type sigmoid/ipo"):
+        DPOSpanExtractor(sft_checkpoint=str(joint_sft), max_length=48, max_span_tokens=8, span_scoring="joint",
+                         loss_type="expected_jaccard", rdpo_alpha=0.1)  # fmt: skip

@@ -117,6 +117,11 @@ class DPOMixin:
         dpo_loss(z, z, z, z, beta, label_smoothing, pair_loss, z, rdpo_alpha, dpop_lambda)  # validates them
         if nll_weight < 0:
             raise ValueError(f"model.nll_weight must be >= 0, got {nll_weight}")
+        pair_only = {"label_smoothing": label_smoothing, "nll_weight": nll_weight, "rdpo_alpha": rdpo_alpha,
+                     "dpop_lambda": dpop_lambda}  # fmt: skip
+        used = [k for k, v in pair_only.items() if v]
+        if loss_type not in PAIR_LOSS_TYPES and used:  # silently ignoring them would mislead
+            raise ValueError(f"model.{', model.'.join(used)} apply to loss_type sigmoid/ipo, not {loss_type!r}")
         if num_pairs < 1:
             raise ValueError(f"model.num_pairs must be at least 1, got {num_pairs}")
         if graded_k < 1 or graded_per_tweet < 1 or not 0 <= graded_margin <= 1:
