@@ -27,7 +27,7 @@ from sentex.models.components.span_math import (
     span_jaccards,
     valid_pairs,
 )
-from sentex.models.span import SpanExtractor, span_log_prob
+from sentex.models.span import SpanExtractor, span_log_probs_of
 
 
 class DPOSpanExtractor(DPOMixin, SpanExtractor):
@@ -77,8 +77,7 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
     # --- scores ----------------------------------------------------------------------------
     def pair_log_probs(self, batch: Batch, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.codec.logits(self.reference if reference else self.net, batch)  # one pass, both answers
-        chosen = span_log_prob(self.codec, logits, batch, batch["span"])
-        rejected = span_log_prob(self.codec, logits, batch, batch["rejected_span"])
+        chosen, rejected = span_log_probs_of(self.codec, logits, batch, batch["span"], batch["rejected_span"])
         ok = batch["pair_valid"]  # outside the support a joint score is -inf: never let it reach the loss
         return chosen.masked_fill(~ok, 0.0), rejected.masked_fill(~ok, 0.0)
 

@@ -139,22 +139,22 @@ class SpanExtractor(ExtractorModule):
     def extract(self, batch: Batch) -> list[str]:
         return self.codec.extract(self.net, batch)
 
-    def phrase_spans(self, batch: Batch, phrases: list[str]) -> torch.Tensor:
-        """Token ``(start, end)`` of each row's phrase; see :meth:`SpanCodec.phrase_spans`."""
-        return self.codec.phrase_spans(batch, phrases)
-
     def sequence_log_probs(self, batch: Batch, spans: torch.Tensor) -> torch.Tensor:
-        """Log-probability of each row's token span (DPO's sequence score); see :func:`span_log_prob`."""
-        return span_log_prob(self.codec, self.logits(batch), batch, spans)
+        """Log-probability of each row's token span (DPO's sequence score); see :func:`span_log_probs_of`."""
+        (out,) = span_log_probs_of(self.codec, self.logits(batch), batch, spans)
+        return out
 
 
-def span_log_prob(codec: SpanCodec, logits: SpanLogits, batch: Batch, spans: torch.Tensor) -> torch.Tensor:
-    """``(batch,)`` log-probability of each row's ``(start, end)``; ``IGNORE`` spans give 0.
+def span_log_probs_of(codec: SpanCodec, logits: SpanLogits, batch: Batch, *spans: torch.Tensor) -> list[torch.Tensor]:
+    """``(batch,)`` log-probability of each row's ``(start, end)``, for each tensor of ``spans``; ``IGNORE`` gives 0.
 
     Joint scoring: the span's probability under the softmax over valid spans (``-inf`` outside them).
-    Independent scoring: ``log p(start) + log p(end)`` of the two boundary softmaxes.
+    Independent scoring: ``log p(start) + log p(end)`` of the two boundary softmaxes. The distribution
+    is built once and gathered for every tensor (DPO scores chosen and rejected from one pass).
     """
     if logits.pair is not None:
-        return gather_spans(codec.span_log_probs(logits, batch), spans)
+        matrix = codec.span_log_probs(logits, batch)
+        return [gather_spans(matrix, s) for s in spans]
     allowed = batch["in_tweet"]
-    return gather_boundaries(boundary_log_probs(logits.start, allowed), boundary_log_probs(logits.end, allowed), spans)
+    start, end = boundary_log_probs(logits.start, allowed), boundary_log_probs(logits.end, allowed)
+    return [gather_boundaries(start, end, s) for s in spans]
