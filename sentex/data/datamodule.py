@@ -18,6 +18,7 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from sentex.data.folds import stratified_folds
 from sentex.data.sampling import LengthBucketBatchSampler, ResumableRandomSampler
 from sentex.data.tweets import SENTIMENTS, read_tweets
 from sentex.errors import DataError
@@ -33,6 +34,10 @@ class TweetDataModule(pl.LightningDataModule):
         predict_path: CSV (``selected_text`` optional) for ``sentex predict``.
         val_fraction: share of ``train_path`` held out when there is no ``val_path``.
         split_seed: seed of that split, independent of the training seed so runs compare on the same rows.
+        num_folds: split ``train_path`` into this many folds stratified by sentiment (seeded by
+            ``split_seed``) and validate on fold ``fold`` instead of a ``val_fraction`` split; K runs
+            with ``fold`` 0..K-1 give out-of-fold predictions for every row.
+        fold: the validation fold when ``num_folds`` is set.
         batch_size: training batch size.
         eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -55,6 +60,8 @@ class TweetDataModule(pl.LightningDataModule):
         predict_path: str | None = None,
         val_fraction: float = 0.1,
         split_seed: int = 42,
+        num_folds: int | None = None,
+        fold: int = 0,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -66,6 +73,8 @@ class TweetDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        if num_folds is not None and (num_folds < 2 or not 0 <= fold < num_folds):
+            raise DataError(f"data.num_folds must be >= 2 and data.fold in [0, num_folds), got {num_folds}, {fold}")
         unknown = sorted(set(train_sentiments or []) - set(SENTIMENTS))
         if unknown or train_sentiments == []:
             raise DataError(f"data.train_sentiments must name some of {', '.join(SENTIMENTS)}, got {train_sentiments}")
@@ -98,9 +107,15 @@ class TweetDataModule(pl.LightningDataModule):
         full = self._load(hp.train_path, "data.train_path", labels=True)
         if len(full) < 2:
             raise DataError(f"{hp.train_path}: need at least 2 rows to split off validation rows")
-        split = full.train_test_split(test_size=hp.val_fraction, seed=hp.split_seed)
-        # Filtering after the split keeps the validation rows those of any other run with this split_seed.
-        self.datasets["train"], self.datasets["val"] = self._training_rows(split["train"]), split["test"]
+        if hp.num_folds:
+            folds = stratified_folds(full["sentiment"], hp.num_folds, hp.split_seed)
+            train = full.select([i for i, f in enumerate(folds) if f != hp.fold])
+            val = full.select([i for i, f in enumerate(folds) if f == hp.fold])
+        else:
+            split = full.train_test_split(test_size=hp.val_fraction, seed=hp.split_seed)
+            train, val = split["train"], split["test"]
+        # Filtering after the split keeps the validation rows those of any other run with this split.
+        self.datasets["train"], self.datasets["val"] = self._training_rows(train), val
 
     def _load(self, path: str | None, option: str, labels: bool) -> Dataset:
         if not path:
