@@ -55,11 +55,11 @@ class ExportedExtractor(ExtractorModule):
     def extract(self, batch: Batch) -> list[str]:
         return self.pipeline.extract(batch)
 
-    def _evaluate(self, batch: Batch, metrics, stage: str) -> list[str]:
+    def _evaluate(self, batch: Batch, metrics, stage: str) -> tuple[list[str], None]:
         # An export keeps what inference needs, not the training loss: metrics only.
         preds = self.extract(batch)
         metrics.update(preds, batch["selected_text"], batch["sentiment"])
-        return preds
+        return preds, None
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         raise SentexError(

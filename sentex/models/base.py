@@ -59,6 +59,13 @@ class ExtractorModule(pl.LightningModule):
         """The predicted phrase for each row of a batch."""
         raise NotImplementedError
 
+    def extract_with_scores(self, batch: Batch) -> tuple[list[str], list[dict[str, Any]] | None]:
+        """The predictions and, for families that have them, per-row scores kept for stacking.
+
+        ``sentex test`` writes the scores beside its per-row report (out-of-fold predictions).
+        """
+        return self.extract(batch), None
+
     def lr_overrides(self) -> dict[str, float]:
         """Parameter-name prefix → learning rate, for parts that train at their own rate."""
         return {}
@@ -78,28 +85,29 @@ class ExtractorModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["text"]))
         return loss
 
-    def _evaluate(self, batch: Batch, metrics, stage: str) -> list[str]:
-        preds = self.extract(batch)
+    def _evaluate(self, batch: Batch, metrics, stage: str) -> tuple[list[str], list[dict[str, Any]] | None]:
+        preds, scores = self.extract_with_scores(batch) if stage == "test" else (self.extract(batch), None)
         metrics.update(preds, batch["selected_text"], batch["sentiment"])
         self.log(f"{stage}/loss", self.compute_loss(batch), batch_size=len(preds), sync_dist=True)
-        return preds
+        return preds, scores
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        preds = self._evaluate(batch, self.test_metrics, "test")
+        preds, scores = self._evaluate(batch, self.test_metrics, "test")
         for i, pred in enumerate(preds):
-            self.test_rows.append(
-                {
-                    "textID": batch["textID"][i],
-                    "text": batch["text"][i],
-                    "sentiment": batch["sentiment"][i],
-                    "selected_text": batch["selected_text"][i],
-                    "prediction": pred,
-                    "jaccard": round(jaccard(pred, batch["selected_text"][i]), 6),
-                }
-            )
+            row = {
+                "textID": batch["textID"][i],
+                "text": batch["text"][i],
+                "sentiment": batch["sentiment"][i],
+                "selected_text": batch["selected_text"][i],
+                "prediction": pred,
+                "jaccard": round(jaccard(pred, batch["selected_text"][i]), 6),
+            }
+            if scores is not None:
+                row["scores"] = scores[i]
+            self.test_rows.append(row)
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[str]]:
         return {"textID": list(batch["textID"]), "selected_text": self.extract(batch)}

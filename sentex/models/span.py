@@ -21,9 +21,12 @@ from sentex.models.components.span_codec import SpanCodec
 from sentex.models.components.span_math import (
     IGNORE,
     boundary_log_probs,
+    boundary_marginals,
     gather_boundaries,
     gather_spans,
+    jaccard_boundary_targets,
     joint_span_nll,
+    normalize_spans,
     smoothed_span_nll,
 )
 from sentex.models.components.span_network import SCORINGS, SpanLogits, SpanNetwork
@@ -48,6 +51,11 @@ class SpanExtractor(ExtractorModule):
         neutral_full_tweet: answer neutral tweets with the whole tweet (their phrase almost always is).
         span_label_smoothing: share of the start/end target mass spread evenly over the tweet's tokens
             (named apart from DPO's ``label_smoothing``, which a DPO span module also takes).
+        span_soft_targets: weight ``w`` of Jaccard-shaped start/end targets mixed with the one-hot
+            ones (see :func:`~sentex.models.components.span_math.jaccard_boundary_targets`); 0 is off.
+        recover_shifted_labels: Kaggle tweet data only: train on the phrase a shifted label meant
+            (see :mod:`sentex.data.label_noise`).
+        reapply_label_shift: Kaggle tweet data only: shift answers the way that data's labels are shifted.
         span_scoring: ``independent`` (start and end softmaxes) or ``joint`` (one softmax over valid
             spans, trained with the compound loss ``(CE_start + CE_end + CE_joint) / 3``).
         lr_schedule: decay after warm-up, ``cosine`` or ``linear`` (to 0 at the last step).
@@ -73,6 +81,9 @@ class SpanExtractor(ExtractorModule):
         head_learning_rate: float | None = None,
         neutral_full_tweet: bool = True,
         span_label_smoothing: float = 0.0,
+        span_soft_targets: float = 0.0,
+        recover_shifted_labels: bool = False,
+        reapply_label_shift: bool = False,
         span_scoring: str = "independent",
         lr_schedule: str = "cosine",
         learning_rate: float = 5e-5,
@@ -83,6 +94,8 @@ class SpanExtractor(ExtractorModule):
         self.save_hyperparameters()
         if not 0.0 <= span_label_smoothing < 1.0:
             raise ValueError(f"model.span_label_smoothing must be in [0, 1), got {span_label_smoothing}")
+        if not 0.0 <= span_soft_targets <= 1.0:
+            raise ValueError(f"model.span_soft_targets must be in [0, 1], got {span_soft_targets}")
         if lr_schedule not in SCHEDULES:
             raise ValueError(f"model.lr_schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r}")
         if span_scoring not in SCORINGS:
@@ -92,7 +105,9 @@ class SpanExtractor(ExtractorModule):
         tokenizer = AutoTokenizer.from_pretrained(path)
         if not tokenizer.is_fast:
             raise ValueError(f"{model_name_or_path}: span extraction needs a fast tokenizer (character offsets)")
-        self.codec = SpanCodec(tokenizer, max_length, max_span_tokens, neutral_full_tweet)
+        self.codec = SpanCodec(
+            tokenizer, max_length, max_span_tokens, neutral_full_tweet, recover_shifted_labels, reapply_label_shift
+        )
         encoder = AutoModel.from_pretrained(path)
         if lora_r is not None:
             encoder = apply_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_target_modules or ["query", "value"])
@@ -128,8 +143,10 @@ class SpanExtractor(ExtractorModule):
             # Every phrase was cut off by max_length: nothing to learn, and nll_loss would be 0/0.
             return start_logp.sum() * 0.0
         eps = self.hparams.get("span_label_smoothing", 0.0)
-        start_nll = smoothed_span_nll(start_logp, span[:, 0], allowed, eps)
-        end_nll = smoothed_span_nll(end_logp, span[:, 1], allowed, eps)
+        w = self.hparams.get("span_soft_targets", 0.0)
+        soft_start, soft_end = soft_boundary_targets(batch, start_logp.shape[1]) if w > 0 else (None, None)
+        start_nll = smoothed_span_nll(start_logp, span[:, 0], allowed, eps, soft_start, w)
+        end_nll = smoothed_span_nll(end_logp, span[:, 1], allowed, eps, soft_end, w)
         if logits.pair is None:
             return 0.5 * (start_nll + end_nll)
         # The compound objective of Fajcik et al. (arXiv 2008.12804): boundary and joint terms together.
@@ -139,10 +156,43 @@ class SpanExtractor(ExtractorModule):
     def extract(self, batch: Batch) -> list[str]:
         return self.codec.extract(self.net, batch)
 
+    @torch.no_grad()
+    def extract_with_scores(self, batch: Batch) -> tuple[list[str], list[dict[str, Any]]]:
+        """Predictions plus each row's tweet-token character offsets and start/end probabilities.
+
+        The probabilities are the marginals of the normalised span distribution (what an ensemble
+        averages), so out-of-fold files of several models can be stacked or blended.
+        """
+        scores = self.codec.span_scores(self.net, batch)
+        preds = self.codec.decode(batch, scores)
+        start, end = boundary_marginals(normalize_spans(scores))
+        rows = []
+        for i, in_tweet in enumerate(batch["in_tweet"].tolist()):
+            idx = [k for k, ok in enumerate(in_tweet) if ok]
+            rows.append(
+                {
+                    "offsets": [list(batch["offsets"][i][k]) for k in idx],
+                    "start_probs": [round(start[i, k].item(), 6) for k in idx],
+                    "end_probs": [round(end[i, k].item(), 6) for k in idx],
+                }
+            )
+        return preds, rows
+
     def sequence_log_probs(self, batch: Batch, spans: torch.Tensor) -> torch.Tensor:
         """Log-probability of each row's token span (DPO's sequence score); see :func:`span_log_probs_of`."""
         (out,) = span_log_probs_of(self.codec, self.logits(batch), batch, spans)
         return out
+
+
+def soft_boundary_targets(batch: Batch, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(batch, tokens)`` Jaccard-shaped start and end targets of a collated batch (zeros where no gold span)."""
+    start_t, end_t = torch.zeros(len(batch["text"]), tokens), torch.zeros(len(batch["text"]), tokens)
+    for i, (s, e) in enumerate(batch["span"].tolist()):
+        if s != IGNORE:
+            in_tweet = batch["in_tweet"][i].tolist()
+            start_t[i], end_t[i] = jaccard_boundary_targets(batch["text"][i], batch["offsets"][i], in_tweet, s, e)
+    device = batch["span"].device
+    return start_t.to(device), end_t.to(device)
 
 
 def span_log_probs_of(codec: SpanCodec, logits: SpanLogits, batch: Batch, *spans: torch.Tensor) -> list[torch.Tensor]:

@@ -123,13 +123,20 @@ def gather_boundaries(start_logp: torch.Tensor, end_logp: torch.Tensor, spans: t
 
 
 def smoothed_span_nll(
-    logp: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor, smoothing: float
+    logp: torch.Tensor,
+    target: torch.Tensor,
+    allowed: torch.Tensor,
+    smoothing: float,
+    soft: torch.Tensor | None = None,
+    soft_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean NLL of ``target`` positions with label smoothing spread over the ``allowed`` positions only.
 
     ``(1 - ε)·(-log p[target]) + ε·mean_{allowed}(-log p)``, averaged over rows whose target is not
     ``IGNORE``. ``F.cross_entropy(label_smoothing=ε)`` would spread ε over every position, including
-    the sentiment, special and padding tokens that can never be an answer.
+    the sentiment, special and padding tokens that can never be an answer. With ``soft`` target
+    distributions (:func:`jaccard_boundary_targets`), the hard term becomes
+    ``(1 - w)·(-log p[target]) + w·CE(soft)`` for ``soft_weight`` ``w``.
 
     >>> logp = torch.log(torch.tensor([[0.5, 0.25, 0.25, 1e-9]]))
     >>> allowed = torch.tensor([[True, True, True, False]])
@@ -138,13 +145,61 @@ def smoothed_span_nll(
     >>> # 0.7 · 0.6931 + 0.3 · (0.6931 + 2 · 1.3863) / 3
     >>> round(smoothed_span_nll(logp, torch.tensor([0]), allowed, 0.3).item(), 4)
     0.8318
+    >>> soft = torch.tensor([[0.5, 0.5, 0.0, 0.0]])  # 0.5 · 0.6931 + 0.5 · 1.0397
+    >>> round(smoothed_span_nll(logp, torch.tensor([0]), allowed, 0.0, soft, 0.5).item(), 4)
+    0.8664
     """
     rows = target != IGNORE
     nll = -logp.gather(1, target.clamp(min=0)[:, None]).squeeze(1)
+    if soft is not None and soft_weight > 0:
+        nll = (1 - soft_weight) * nll + soft_weight * soft_target_nll(logp, soft)
     if smoothing > 0:
         spread = -(logp.masked_fill(~allowed, 0.0).sum(1)) / allowed.sum(1).clamp(min=1)
         nll = (1 - smoothing) * nll + smoothing * spread
     return nll[rows].mean()
+
+
+def jaccard_boundary_targets(
+    text: str, offsets: list[tuple[int, int]], in_tweet: list[bool], start: int, end: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jaccard-shaped start and end target distributions for the gold token span ``(start, end)``.
+
+    The start target over tweet tokens ``i <= end`` is proportional to ``J_i + J_i²``, ``J_i`` being
+    the word Jaccard of the span ``(i, end)`` with the gold span's text; the end target over
+    ``j >= start`` likewise with ``(start, j)``. A near-miss boundary thus keeps some of the mass it
+    would earn in the metric (the 1st-place Kaggle team reported +0.003 for every model with such
+    targets). Both sum to 1 and peak at the gold boundary.
+
+    >>> offsets = [(0, 0), (0, 2), (3, 8), (9, 14)]  # [CLS] so happy today
+    >>> s, e = jaccard_boundary_targets("so happy today", offsets, [False, True, True, True], 1, 2)
+    >>> [round(x, 3) for x in s.tolist()]  # J = 1, 1/2 → weights 2, 3/4 over 11/4
+    [0.0, 0.727, 0.273, 0.0]
+    >>> [round(x, 3) for x in e.tolist()]  # J = 1/2, 1, 2/3 → weights 3/4, 2, 10/9
+    [0.0, 0.194, 0.518, 0.288]
+    """
+    gold = text[offsets[start][0] : offsets[end][1]]
+    n = len(offsets)
+    start_w, end_w = torch.zeros(n), torch.zeros(n)
+    for i in range(n):
+        if not in_tweet[i] or offsets[i][1] <= offsets[i][0]:
+            continue
+        if i <= end:
+            j = jaccard(text[offsets[i][0] : offsets[end][1]], gold)
+            start_w[i] = j + j * j
+        if i >= start:
+            j = jaccard(text[offsets[start][0] : offsets[i][1]], gold)
+            end_w[i] = j + j * j
+    return start_w / start_w.sum(), end_w / end_w.sum()
+
+
+def soft_target_nll(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` cross-entropy ``-Σ_i t_i log p_i`` of each row's target distribution (KL plus a constant).
+
+    >>> logp = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    >>> round(soft_target_nll(logp, torch.tensor([[0.5, 0.5, 0.0]])).item(), 4)  # (0.6931 + 1.3863) / 2
+    1.0397
+    """
+    return -(targets * logp.masked_fill(targets == 0, 0.0)).sum(-1)
 
 
 def joint_span_nll(span_logp: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
@@ -184,6 +239,28 @@ def normalize_spans(span_scores: torch.Tensor) -> torch.Tensor:
     [0.4, 0.4, 0.0, 0.2]
     """
     return F.log_softmax(span_scores.flatten(1), dim=-1).view_as(span_scores)
+
+
+def mean_span_distribution(member_log_probs: list[torch.Tensor]) -> torch.Tensor:
+    """Log of the average of the members' span distributions (each a :func:`normalize_spans` matrix).
+
+    >>> a = torch.log(torch.tensor([[[0.5, 0.5]]])); b = torch.log(torch.tensor([[[1.0, 0.0]]]))
+    >>> [round(x, 3) for x in mean_span_distribution([a, b]).exp().flatten().tolist()]
+    [0.75, 0.25]
+    """
+    stacked = torch.stack(member_log_probs)
+    return torch.logsumexp(stacked, dim=0) - torch.log(torch.tensor(float(len(member_log_probs))))
+
+
+def boundary_marginals(span_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(batch, tokens)`` probabilities that a token starts / ends the answer, from a span distribution.
+
+    >>> lp = torch.log(torch.tensor([[[0.5, 0.25], [0.0, 0.25]]]))
+    >>> [x.tolist() for x in boundary_marginals(lp)]
+    [[[0.75, 0.25]], [[0.5, 0.5]]]
+    """
+    p = span_log_probs.exp()
+    return p.sum(2), p.sum(1)
 
 
 def span_jaccards(text: str, offsets: list[tuple[int, int]], valid: torch.Tensor, gold: str) -> torch.Tensor:
