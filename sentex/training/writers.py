@@ -7,6 +7,7 @@ crash or ``kill`` never leaves a half-written file where a finished one is expec
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from sentex.io.atomic import atomic_path
+from sentex.training.error_taxonomy import error_class, taxonomy_table
 
 TEST_REPORT = "test_predictions.csv"
+TEST_SCORES = "test_span_probs.jsonl"
+TEST_TAXONOMY = "test_error_taxonomy.md"
 
 
 def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
@@ -27,6 +31,13 @@ def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[dict[s
         writer = csv.DictWriter(f, fieldnames=list(fieldnames))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write ``rows`` as JSON lines, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def gather_per_process(items: list[Any]) -> list[list[Any]]:
@@ -99,7 +110,12 @@ def _flatten_batches(batch_indices: Sequence[Any]) -> list[list[int]]:
 
 
 class TestReportWriter(Callback):
-    """After ``sentex test``: one CSV row per tweet (text, sentiment, gold, prediction, Jaccard) for error analysis."""
+    """After ``sentex test``: one CSV row per tweet (text, sentiment, gold, prediction, Jaccard) for error analysis.
+
+    Families with per-row scores (span models: token offsets and start/end probabilities) also get
+    ``test_span_probs.jsonl``, one JSON object per row in the same order, keyed by ``textID``: run on a
+    held-out fold, those are the out-of-fold probabilities a second-stage model or a blend trains on.
+    """
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         parts = gather_per_process(list(getattr(pl_module, "test_rows", [])))
@@ -107,9 +123,19 @@ class TestReportWriter(Callback):
         rows = undo_distributed_split(parts, _dataset_size(trainer.test_dataloaders, sum(map(len, parts))))
         log_dir = trainer.log_dir  # a broadcast under DDP: every process must ask
         if trainer.is_global_zero and rows:
+            scores = [(row["textID"], row.pop("scores")) for row in rows if "scores" in row]
+            for row in rows:
+                row["error_class"] = error_class(row["text"], row["sentiment"], row["prediction"], row["selected_text"])
+                row["error_class"] = row["error_class"] or ""
             path = Path(log_dir or ".") / TEST_REPORT
             write_csv(path, list(rows[0]), rows)
             rank_zero_info(f"sentex: wrote per-row test report to {path}")
+            table = taxonomy_table(rows)
+            with atomic_path(Path(log_dir or ".") / TEST_TAXONOMY) as tmp:
+                Path(tmp).write_text(f"# Error taxonomy of {len(rows)} test rows\n\n{table}\n", encoding="utf-8")
+            rank_zero_info(f"sentex: error taxonomy ({TEST_TAXONOMY}):\n{table}")
+            if scores:
+                write_jsonl(Path(log_dir or ".") / TEST_SCORES, ({"textID": t, **s} for t, s in scores))
 
 
 def _dataset_size(loaders: Any, default: int) -> int:
