@@ -211,7 +211,12 @@ def test_manifest_and_model_card(span_exports: dict[str, Path], span_fit: Fitted
     manifest = json.loads((folder / "sentex.json").read_text())
     assert manifest["family"] == "span" and manifest["dtype"] == "int8"
     assert manifest["base_model"] == "packaged:all-MiniLM-L6-v2"
-    assert manifest["settings"] == {"max_length": 32, "max_span_tokens": 64, "neutral_full_tweet": True}
+    assert manifest["settings"] == {
+        "max_length": 32,
+        "max_span_tokens": 64,
+        "neutral_full_tweet": True,
+        "reapply_label_shift": False,
+    }
     assert manifest["metrics"] == {"val/jaccard": round(score, 6)}  # as the real ModelCheckpoint kept it
     assert manifest["lora"] is None and manifest["hyper_parameters"]["learning_rate"] == 5e-5
     assert manifest["source_checkpoint"] == str(span_ckpt) and manifest["sentex_version"]

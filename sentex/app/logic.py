@@ -93,9 +93,29 @@ def model_summary(info: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Precision", str(info.get("dtype", "?"))),
         ("LoRA", _lora_text(info.get("lora"), hparams)),
     ]
+    if info.get("ensemble"):
+        rows += _ensemble_rows(info)
     metrics = info.get("metrics") or {}
     rows += [(name, f"{value:.4f}" if isinstance(value, float) else str(value)) for name, value in metrics.items()]
     return rows if metrics else [*rows, ("Validation", "not recorded")]
+
+
+def _ensemble_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """How many members an ensemble export has and how they combine, and each member's validation scores.
+
+    >>> _ensemble_rows({"ensemble": {"members": ["members/0", "members/1"], "combine": "mean span probability"},
+    ...                 "member_info": [{"metrics": {"val/jaccard": 0.7}}, {"metrics": {}}]})
+    [('Ensemble', '2 members, mean span probability'), ("Members' val/jaccard", '0.7000, n/a')]
+    """
+    ensemble, members = info["ensemble"], info.get("member_info") or []
+    rows = [("Ensemble", f"{len(ensemble['members'])} members, {ensemble.get('combine')}")]
+    if any(m.get("lora") != members[0].get("lora") for m in members):  # the LoRA row shows the common one
+        rows.append(("Members' LoRA", "differs per member (see the folder's README.md)"))
+    names = sorted({name for m in members for name in m.get("metrics") or {}})
+    for name in names:
+        values = [(m.get("metrics") or {}).get(name) for m in members]
+        rows.append((f"Members' {name}", ", ".join("n/a" if v is None else f"{v:.4f}" for v in values)))
+    return rows
 
 
 def _lora_text(lora: Mapping[str, Any] | None, hparams: Mapping[str, Any]) -> str:

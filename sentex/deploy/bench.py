@@ -6,7 +6,9 @@ its RSS after the imports, i.e. what loading the model and running every measure
 per sample of ``Extractor.extract`` over the same ``--latency_rows`` validation rows at each batch
 size, after one warm-up batch; batch size 1 *is* the naive per-row loop (tokenize, forward, decode
 one tweet at a time), so ``batched_speedup`` = latency@1 / latency@largest-batch. Jaccard is the
-competition metric over every validation row at the largest batch size.
+competition metric over every validation row at the largest batch size. An ensemble folder is
+measured like any model (its size is the whole folder, every member included); its row is named
+``<folder> (<n> members)``.
 
 The parent never waits on a child blindly: a child killed by a signal (the kernel's OOM killer,
 ``kill -9``), one that exits without sending its row, and one still running after ``--timeout``
@@ -111,8 +113,9 @@ def measure(
     reset_peak_rss()
     start = time.perf_counter()
     extractor = load(path)
+    members = (extractor.info.get("ensemble") or {}).get("members")
     row: dict[str, Any] = {
-        "model": Path(path).name,
+        "model": Path(path).name + (f" ({len(members)} members)" if members else ""),
         "family": extractor.family,
         "dtype": extractor.info.get("dtype", "?"),
         "size_mb": round(folder_size(Path(path)) / 2**20, 2),

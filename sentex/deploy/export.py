@@ -5,6 +5,11 @@ merged into the base in float32 first (``merge_and_unload``); only the merged mo
 quantized, never merged into an already-quantized base. The folder is built under a temporary name
 beside the target, flushed to disk and renamed into place at the end, so an interrupted export
 leaves nothing at the target.
+
+Several checkpoints (``--ckpt_path`` repeated) make one ensemble folder: each member is exported
+as a complete single-model folder under ``members/<i>/``, and the top level holds the shared
+tokenizer, the ensemble manifest and its model card. The members are checked to tokenize and decode
+alike (:func:`sentex.deploy.ensemble.check_members`) before anything is written.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sentex.deploy.ensemble import check_members, ensemble_manifest
 from sentex.deploy.format import (
     CARD,
     DTYPES,
@@ -29,11 +35,12 @@ from sentex.deploy.format import (
     KEEP_FP32,
     QUANTIZERS,
     TORCH_DTYPES,
+    member_folder,
     weights_file,
     write_manifest,
 )
 from sentex.deploy.load import checkpoint_metrics, module_from_checkpoint
-from sentex.deploy.model_card import render_card
+from sentex.deploy.model_card import render_card, render_ensemble_card
 from sentex.errors import SentexError
 from sentex.io.atomic import make_ordinary, replace_folder
 from sentex.models.base import ExtractorModule
@@ -109,23 +116,56 @@ def write_export(module: ExtractorModule, ckpt: dict[str, Any], source: Path, fo
     return manifest
 
 
-def export(ckpt_path: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> dict[str, Any]:
-    """Export a checkpoint to ``out`` atomically; returns the manifest.
+def write_ensemble(members: list[tuple[ExtractorModule, dict[str, Any], Path]], folder: Path, dtype: str) -> dict:
+    """Write an ensemble of ``(module, checkpoint, source)`` members into the empty ``folder``; returns its manifest."""
+    folders = [member_folder(i) for i in range(len(members))]
+    manifests = []
+    for sub, (module, ckpt, source) in zip(folders, members):
+        (folder / sub).mkdir(parents=True)
+        manifests.append(write_export(module, ckpt, source, folder / sub, dtype))
+    members[0][0].tokenizer.save_pretrained(folder)  # shared: check_members compared them
+    manifest = ensemble_manifest(manifests, folders, dtype)
+    write_manifest(folder, manifest)
+    (folder / CARD).write_text(render_ensemble_card(manifest), encoding="utf-8")
+    return manifest
+
+
+def export(
+    ckpt_path: str | Path | Sequence[str | Path], out: str | Path, dtype: str = "fp32", overwrite: bool = False
+) -> dict[str, Any]:
+    """Export a checkpoint, or an ensemble of span checkpoints, to ``out`` atomically; returns the manifest.
+
+    Args:
+        ckpt_path: one checkpoint, or a list of them (two or more make an ensemble folder; a list
+            of one is a single-model export).
+        out: folder to create.
+        dtype: weight precision, of every member alike.
+        overwrite: replace an existing ``out``.
 
     Raises:
-        SentexError: unknown dtype, ``out`` exists without ``overwrite``, or a bad checkpoint.
+        SentexError: unknown dtype, ``out`` exists without ``overwrite``, a bad checkpoint, or
+            ensemble members that do not share the tokenizer and decoding settings.
     """
+    paths = [Path(ckpt_path)] if isinstance(ckpt_path, (str, Path)) else [Path(p) for p in ckpt_path]
+    if not paths:
+        raise SentexError("--ckpt_path: no checkpoint to export")
     if dtype not in DTYPES:
         raise SentexError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise SentexError(f"{out} already exists; pass --overwrite to replace it")
-    module, ckpt = module_from_checkpoint(ckpt_path)
+    # Every member is held at once: checked before anything is written (the loaded ensemble holds them all too).
+    loaded = [(*module_from_checkpoint(path), path) for path in paths]
+    if len(loaded) > 1:
+        check_members(paths, [module for module, _, _ in loaded])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         with torch.no_grad():
-            manifest = write_export(module, ckpt, Path(ckpt_path), tmp, dtype)
+            if len(loaded) == 1:
+                manifest = write_export(*loaded[0], tmp, dtype)
+            else:
+                manifest = write_ensemble(loaded, tmp, dtype)
         make_ordinary(tmp)
         replace_folder(tmp, out)
     finally:
@@ -144,7 +184,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sentex export", description="Merge LoRA, optionally quantize, and write a self-contained model folder."
     )
-    parser.add_argument("--ckpt_path", required=True, help="sentex checkpoint (.ckpt) to export")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        action="append",
+        help="sentex checkpoint (.ckpt) to export; repeat it to export span checkpoints as one ensemble",
+    )
     parser.add_argument("--out", required=True, help="folder to create")
     parser.add_argument("--dtype", default="fp32", choices=DTYPES, help="weight precision (default: fp32)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
@@ -156,4 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv or [])
     manifest = export(args.ckpt_path, args.out, args.dtype, args.overwrite)
     size = folder_size(Path(args.out)) / 2**20
-    print(f"sentex: exported {manifest['family']} model ({args.dtype}, {size:.1f} MiB) to {args.out}")
+    what = f"{manifest['family']} model"
+    if manifest.get("ensemble"):
+        what = f"{manifest['family']} ensemble of {len(manifest['ensemble']['members'])} members"
+    print(f"sentex: exported {what} ({args.dtype}, {size:.1f} MiB) to {args.out}")

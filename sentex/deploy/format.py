@@ -11,6 +11,15 @@ Layout of a folder written by ``sentex export``::
     head.safetensors         span only: every weight outside the encoder (start/end head, pair term), float32
     tokenizer files
 
+An ensemble (``sentex export`` with several ``--ckpt_path``) is one folder of span models that
+answers as one, the members' span probabilities averaged::
+
+    sentex.json              manifest as above, plus ``ensemble``: {"members": ["members/0", ...],
+                             "combine": "mean span probability"} and per-member ``member_info``
+    README.md                model card naming the members and their metrics
+    tokenizer files          shared by every member (they must tokenize alike)
+    members/<i>/             member ``i``: a complete single-model export (layout above, any dtype)
+
 Format version 2 stores the span heads under their network names (``head.weight``, ...); version 1
 stored the start/end ``nn.Linear`` alone (``weight``, ``bias``), which loading still reads.
 """
@@ -19,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import torch
@@ -35,6 +44,10 @@ CARD = "README.md"
 FLOAT_WEIGHTS = "model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 FAMILIES = ("span", "seq2seq")
+# Ensembles: where the members live, and how their answers are combined (the only way there is).
+MEMBERS_DIR = "members"
+ENSEMBLE_COMBINE = "mean span probability"
+ENSEMBLE_FAMILIES = ("span",)
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Per model family: module names (last component) kept in float32 when quantizing. T5's
 # feed-forward output projections overflow otherwise (https://github.com/huggingface/transformers/issues/20287).
@@ -107,7 +120,40 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: unknown model family {manifest['family']!r}")
     if manifest["dtype"] not in DTYPES:
         raise CheckpointError(f"{file}: unknown dtype {manifest['dtype']!r}")
+    if manifest.get("ensemble") is not None:
+        check_ensemble(file, manifest)
     return manifest
+
+
+def member_folder(index: int) -> str:
+    """Where member ``index`` of an ensemble lives, relative to the ensemble folder.
+
+    >>> member_folder(3)
+    'members/3'
+    """
+    return f"{MEMBERS_DIR}/{index}"
+
+
+def check_ensemble(file: Path, manifest: dict[str, Any]) -> None:
+    """Check an ensemble manifest's ``ensemble`` entry; a :class:`CheckpointError` names what is wrong."""
+    entry = manifest["ensemble"]
+    members = entry.get("members") if isinstance(entry, dict) else None
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise CheckpointError(f"{file}: 'ensemble' entry has no list of member folders")
+    if manifest["family"] not in ENSEMBLE_FAMILIES:
+        raise CheckpointError(f"{file}: a {manifest['family']} model cannot be an ensemble")
+    if entry.get("combine", ENSEMBLE_COMBINE) != ENSEMBLE_COMBINE:
+        raise CheckpointError(f"{file}: unknown ensemble combination {entry['combine']!r}")
+    for member in members:
+        parts = PurePosixPath(member).parts
+        if not parts or PurePosixPath(member).is_absolute() or ".." in parts:
+            raise CheckpointError(f"{file}: ensemble member {member!r} is not a folder inside the ensemble")
+
+
+def ensemble_members(folder: Path, manifest: dict[str, Any]) -> list[Path] | None:
+    """The member folders of an ensemble export (checked by :func:`read_manifest`); ``None`` for a single model."""
+    entry = manifest.get("ensemble")
+    return None if entry is None else [folder / member for member in entry["members"]]
 
 
 def head_state_from_file(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

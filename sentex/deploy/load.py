@@ -7,9 +7,10 @@
 Both sources end in the same thing: an :class:`~sentex.models.components.pipeline.InferencePipeline`
 of the family's network and codec, the very classes its LightningModule trains, so an exported model
 tokenizes and decodes exactly like the model that was validated. An exported folder (layout:
-:mod:`sentex.deploy.format`) is read without the base model; a
-checkpoint holds only trainable weights, so its model is rebuilt from the saved hyper-parameters
-(the frozen base comes from ``model_name_or_path``) with ``load_from_checkpoint``.
+:mod:`sentex.deploy.format`) is read without the base model; an ensemble folder becomes a
+:class:`~sentex.models.components.span_ensemble.SpanEnsemble` of its members' networks behind one
+codec. A checkpoint holds only trainable weights, so its model is rebuilt from the saved
+hyper-parameters (the frozen base comes from ``model_name_or_path``) with ``load_from_checkpoint``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sentex.deploy.format import (
     KEEP_FP32,
     QUANTIZERS,
     TORCH_DTYPES,
+    ensemble_members,
     head_state_from_file,
     read_manifest,
     weights_file,
@@ -41,6 +43,7 @@ from sentex.models.base import ExtractorModule
 from sentex.models.components.pipeline import InferencePipeline
 from sentex.models.components.seq2seq_codec import Seq2SeqCodec
 from sentex.models.components.span_codec import SpanCodec
+from sentex.models.components.span_ensemble import SpanEnsemble
 from sentex.models.components.span_network import SpanNetwork
 from sentex.models.seq2seq import Seq2SeqExtractor
 from sentex.models.span import SpanExtractor
@@ -217,12 +220,17 @@ def span_network(folder: Path, dtype: str) -> SpanNetwork:
 
 
 def load_folder(folder: Path) -> Extractor:
-    """An extractor over an exported model folder."""
+    """An extractor over an exported model folder (a single model or an ensemble of span models)."""
     manifest = read_manifest(folder)
     family, dtype, settings = manifest["family"], manifest["dtype"], manifest["settings"]
+    members = ensemble_members(folder, manifest)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        if family == "span":
+        if members is not None:  # a member's failure is a CheckpointError naming the member's folder
+            pipeline = InferencePipeline(
+                SpanEnsemble(list(map(member_network, members))), SpanCodec(tokenizer, **settings)
+            )
+        elif family == "span":
             pipeline = InferencePipeline(span_network(folder, dtype), SpanCodec(tokenizer, **settings))
         else:
             model = load_network(folder, AutoModelForSeq2SeqLM, family, dtype)
@@ -230,3 +238,14 @@ def load_folder(folder: Path) -> Extractor:
     except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:  # TypeError: unknown settings
         raise CheckpointError(f"{folder}: incomplete or corrupt export: {first_line(err)}") from None
     return Extractor(pipeline, family, manifest)
+
+
+def member_network(folder: Path) -> SpanNetwork:
+    """The span network of one ensemble member (a single-model export inside the ensemble folder)."""
+    manifest = read_manifest(folder)
+    if manifest["family"] != "span" or manifest.get("ensemble") is not None:
+        raise CheckpointError(f"{folder}: an ensemble member must be a single span model")
+    try:
+        return span_network(folder, manifest["dtype"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder}: incomplete or corrupt export: {first_line(err)}") from None

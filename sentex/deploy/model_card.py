@@ -80,6 +80,13 @@ def render_card(manifest: dict[str, Any]) -> str:
         "",
         "Metrics were measured on the full-precision checkpoint; `sentex bench` measures this export.",
         "",
+        *_closing_lines(),
+    ]
+    return "\n".join(lines)
+
+
+def _closing_lines() -> list[str]:
+    return [
         "## Limitations",
         "",
         "- English tweets from 2020; slang, sarcasm and other domains are handled poorly.",
@@ -90,5 +97,55 @@ def render_card(manifest: dict[str, Any]) -> str:
         "",
         DATA_NOTE,
         "",
+    ]
+
+
+def _member_row(member: dict[str, Any]) -> str:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted((member.get("metrics") or {}).items())) or "not recorded"
+    lora = member.get("lora")
+    tuning = f"LoRA r={lora['r']} (merged)" if lora else "full fine-tuning"
+    return (
+        f"| `{member['path']}` | `{member.get('base_model')}` | {tuning}, {member.get('span_scoring')} scoring | "
+        f"{metrics} | `{member.get('source_checkpoint')}` |"
+    )
+
+
+def render_ensemble_card(manifest: dict[str, Any]) -> str:
+    """Markdown model card of an ensemble folder: its members, their metrics, how to load it."""
+    members = manifest["member_info"]
+    dtype = manifest["dtype"]
+    lines = [
+        f"# sentex {manifest['family']} ensemble of {len(members)} members ({dtype})",
+        "",
+        "Given a tweet and its sentiment (negative, neutral, positive), returns the phrase that carries the "
+        f"sentiment. The {len(members)} member span models share one tokenizer; each scores every span of the "
+        f"tweet, and the answer is the span of highest {manifest['ensemble']['combine']} (the members' span "
+        "distributions averaged), so every answer is an exact substring.",
+        "",
+        f"- Weights: {dtype}, each member in its own folder (a complete single-model export); exported by "
+        f"sentex {manifest.get('sentex_version')}.",
+        f"- Cost: one forward pass per member, so about {len(members)}x the latency and size of one member.",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "import sentex.deploy.load as si",
+        'ex = si.load("path/to/this/folder")  # loads every member',
+        'ex.extract(["my phone died again, worst day"], ["negative"])',
+        "```",
+        "",
+        "`sentex predict|test|validate --ckpt_path path/to/this/folder`, `sentex bench` and `sentex app` run it "
+        "like a single model; only `sentex` combines the members.",
+        "",
+        "## Members",
+        "",
+        "| member | base model | training | validation metrics | source checkpoint |",
+        "|---|---|---|---|---|",
+        *(_member_row(m) for m in members),
+        "",
+        "Each member's metrics were measured on its own validation data (for k-fold members, its held-out fold) "
+        "in full precision; the ensemble's own score comes from `sentex test` or `sentex bench` on this folder.",
+        "",
+        *_closing_lines(),
     ]
     return "\n".join(lines)
