@@ -28,6 +28,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sentex.deploy.export", "Merge LoRA, optionally quantize, and write a self-contained model folder."),
     "bench": ("sentex.deploy.bench", "Measure exported models: size, memory, latency, throughput, Jaccard."),
     "app": ("sentex.app.launcher", "Serve a model in the Streamlit demo app."),
+    "serve": ("sentex.deploy.serve", "Serve a model over HTTP with LitServe: POST /predict, dynamic batching."),
     "sweep": ("sentex.sweep.command", "Search hyper-parameters with Optuna, each trial a sentex fit run."),
 }
 
