@@ -57,14 +57,14 @@ def get(url: str) -> tuple[int, str]:
 
 
 def expected(extractor: Any, texts: list[str], sentiments: list[str]) -> list[dict[str, Any]]:
-    """The answers ``sentex.load(...).extract`` implies, offsets included."""
+    """The answers ``sentex.load(...).extract`` gives, with the offsets its pipeline decoded."""
+    rows = [{"textID": str(i), "text": t, "sentiment": s} for i, (t, s) in enumerate(zip(texts, sentiments))]
+    found = extractor.pipeline.extract_spans(extractor.pipeline.collate(rows))
+    assert [phrase for phrase, _, _ in found] == extractor.extract(texts, sentiments)
     out = []
-    for text, sentiment, phrase in zip(texts, sentiments, extractor.extract(texts, sentiments)):
-        start = text.find(phrase)
-        assert start >= 0, "a span model answers with the tweet's own substring"
-        out.append(
-            {"text": text, "sentiment": sentiment, "selected_text": phrase, "start": start, "end": start + len(phrase)}
-        )
+    for (text, sentiment), (phrase, start, end) in zip(zip(texts, sentiments), found):
+        assert text[start:end] == phrase, "a span model answers with the tweet's own substring"
+        out.append({"text": text, "sentiment": sentiment, "selected_text": phrase, "start": start, "end": end})
     return out
 
 

@@ -114,6 +114,17 @@ def test_codec_trains_on_the_meant_phrase_and_answers_like_the_labels(span_model
         span_model.codec.reapply_label_shift = True
 
 
+def test_offsets_point_at_the_decoded_occurrence_of_a_repeated_phrase(span_model: SpanExtractor) -> None:
+    text = "so sad, so sad today"
+    batch = span_model.collate([{"textID": "a", "text": text, "sentiment": "negative"}])
+    offsets, in_tweet = batch["offsets"][0], batch["in_tweet"][0].tolist()
+    second = [k for k, (a, _) in enumerate(offsets) if in_tweet[k] and a == text.rindex("so sad")][0]
+    scores = torch.full((1, len(offsets), len(offsets)), float("-inf"))
+    scores[0, second, second + 1] = 0.0  # the model picks the second "so sad"
+    assert span_model.codec.decode_spans(batch, scores) == [(8, 14)]
+    assert span_model.codec.decode(batch, scores) == ["so sad"]
+
+
 def test_soft_target_loss_runs_on_a_batch(span_model: SpanExtractor) -> None:
     rows = [
         {"textID": str(i), "text": t, "selected_text": p, "sentiment": "negative"} for i, (t, p) in enumerate(UNSHIFTED)

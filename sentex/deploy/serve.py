@@ -5,8 +5,8 @@
 
 ``POST /predict`` takes one item ``{"text", "sentiment"}`` or a list of them and answers one object
 ``{"text", "sentiment", "selected_text", "start", "end"}`` or a list of them, in order; ``text[start:end]`` is
-``selected_text``, its first occurrence in the tweet, or ``start``/``end`` are ``null`` where the answer is no
-substring (a seq2seq model may generate one).
+``selected_text``: where a span model decoded it, a seq2seq answer's first occurrence, or ``start``/``end``
+are ``null`` where a generated answer is no substring of the tweet.
 
 Batching: an HTTP request, whatever number of items it holds, is one unit of LitServe's dynamic batching.
 ``predict`` gets up to ``--max_batch_size`` requests (waiting at most ``--batch_timeout`` s for more once the
@@ -140,17 +140,13 @@ def check_item(item: Any, where: str, limits: Limits) -> dict[str, str]:
     return {"text": text, "sentiment": sentiment}
 
 
-def answer(row: dict[str, str], phrase: str) -> dict[str, Any]:
+def answer(row: dict[str, str], phrase: str, start: int | None, end: int | None) -> dict[str, Any]:
     """The answer object of a row: its phrase and the phrase's character offsets in the text.
 
-    >>> answer({"text": " so so happy", "sentiment": "positive"}, "so happy")
-    {'text': ' so so happy', 'sentiment': 'positive', 'selected_text': 'so happy', 'start': 4, 'end': 12}
-    >>> answer({"text": "Great day", "sentiment": "positive"}, "great")["start"] is None
-    True
+    >>> answer({"text": "so so happy", "sentiment": "positive"}, "so", 3, 5)
+    {'text': 'so so happy', 'sentiment': 'positive', 'selected_text': 'so', 'start': 3, 'end': 5}
     """
-    start = row["text"].find(phrase)
-    offsets = (start, start + len(phrase)) if start >= 0 else (None, None)
-    return {**row, "selected_text": phrase, "start": offsets[0], "end": offsets[1]}
+    return {**row, "selected_text": phrase, "start": start, "end": end}
 
 
 # --- the HTTP side: checks before LitServe queues a request ------------------------------------
@@ -257,24 +253,24 @@ class SentexAPI(LitAPI):
         phrases = self.extract(rows)
         out, i = [], 0
         for request_rows, single in requests:
-            answers = [answer(row, phrase) for row, phrase in zip(request_rows, phrases[i : i + len(request_rows)])]
+            answers = [answer(row, *found) for row, found in zip(request_rows, phrases[i : i + len(request_rows)])]
             i += len(request_rows)
             out.append(answers[0] if single else answers)
         return out
 
-    def extract(self, rows: list[dict[str, str]]) -> list[str]:
-        """The phrase of each row, shortest texts batched together (``Extractor.extract``'s order), on the device."""
+    def extract(self, rows: list[dict[str, str]]) -> list[tuple[str, int | None, int | None]]:
+        """Each row's phrase and offsets, shortest texts batched together (``Extractor.extract``'s order)."""
         import torch
 
-        pipeline, out = self.extractor.pipeline, [""] * len(rows)
+        pipeline, out = self.extractor.pipeline, [("", None, None)] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]))
         with torch.inference_mode():
             for start in range(0, len(order), self.forward_rows):
                 idx = order[start : start + self.forward_rows]
                 batch = pipeline.collate([{"textID": str(i), **rows[i]} for i in idx])
                 batch = {k: v.to(self.run_device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                for i, phrase in zip(idx, pipeline.extract(batch)):
-                    out[i] = phrase
+                for i, found in zip(idx, pipeline.extract_spans(batch)):
+                    out[i] = found
         return out
 
     def encode_response(self, output):

@@ -28,3 +28,14 @@ class InferencePipeline(nn.Module):
 
     def extract(self, batch: Batch) -> list[str]:
         return self.codec.extract(self.net, batch)
+
+    def extract_spans(self, batch: Batch) -> list[tuple[str, int | None, int | None]]:
+        """Each row's phrase with its character offsets in the text: where the codec decoded it (span
+        models), else the phrase's first occurrence; ``None`` offsets for a phrase that is not in the text."""
+        if hasattr(self.codec, "extract_spans"):
+            return self.codec.extract_spans(self.net, batch)
+        out = []
+        for text, phrase in zip(batch["text"], self.extract(batch)):
+            start = text.find(phrase)
+            out.append((phrase, start, start + len(phrase)) if start >= 0 else (phrase, None, None))
+        return out

@@ -127,21 +127,32 @@ class SpanCodec:
             [normalize_spans(self.span_log_probs(self.logits(m, batch), batch)) for m in members]
         )
 
-    def decode(self, batch: Batch, span_scores: torch.Tensor) -> list[str]:
-        """The best span of each row as the tweet's own substring (whole tweet for neutral, if set)."""
+    def decode_spans(self, batch: Batch, span_scores: torch.Tensor) -> list[tuple[int, int]]:
+        """Character ``(start, end)`` in its tweet of each row's best span (the stripped tweet for neutral, if set)."""
         out = []
         spans = best_spans(span_scores).tolist()
         for (s, e), offsets, text, sentiment in zip(spans, batch["offsets"], batch["text"], batch["sentiment"]):
             if self.neutral_full_tweet and sentiment == "neutral":
-                out.append(text.strip())
-            else:
-                start, end = offsets[s][0], offsets[e][1]
-                if self.reapply_label_shift:
-                    start, end = shift_like_labels(text, start, end)
-                out.append(text[start:end])
+                start = len(text) - len(text.lstrip())
+                out.append((start, start + len(text.strip())))
+                continue
+            start, end = offsets[s][0], offsets[e][1]
+            if self.reapply_label_shift:
+                start, end = shift_like_labels(text, start, end)
+            out.append((start, end))
         return out
+
+    def decode(self, batch: Batch, span_scores: torch.Tensor) -> list[str]:
+        """The best span of each row as the tweet's own substring (whole tweet for neutral, if set)."""
+        return [text[s:e] for text, (s, e) in zip(batch["text"], self.decode_spans(batch, span_scores))]
 
     @torch.no_grad()
     def extract(self, net: SpanNetwork, batch: Batch) -> list[str]:
         """The predicted phrase of each row of a collated batch."""
         return self.decode(batch, self.span_scores(net, batch))
+
+    @torch.no_grad()
+    def extract_spans(self, net: SpanNetwork, batch: Batch) -> list[tuple[str, int, int]]:
+        """The predicted phrase of each row with its character offsets in the tweet."""
+        spans = self.decode_spans(batch, self.span_scores(net, batch))
+        return [(text[s:e], s, e) for text, (s, e) in zip(batch["text"], spans)]
