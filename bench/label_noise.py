@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from sentex.data.label_noise import MIN_EXTRA, extra_spaces_before, recover_phrase, shift_like_labels
+from sentex.data.label_noise import MIN_EXTRA, extra_spaces_before, recover_phrase, shift_like_labels, shift_span
 from sentex.data.tweets import read_tweets
 from sentex.metrics import jaccard
 
@@ -25,19 +25,7 @@ Rule = Callable[[str, int, int], tuple[int, int]]
 
 def fixed_growth(grow: int, min_extra: int = MIN_EXTRA) -> Rule:
     """Start moves left by ``n`` extra spaces, end by ``n - grow`` (then stripped)."""
-
-    def rule(text: str, a: int, b: int) -> tuple[int, int]:
-        n = extra_spaces_before(text, a)
-        if n < min_extra:
-            return a, b
-        s, e = max(a - n, 0), min(max(b - n + grow, 0), len(text))
-        while s < e and text[s].isspace():
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        return (s, e) if e > s else (a, b)
-
-    return rule
+    return lambda text, a, b: shift_span(text, a, b, grow, min_extra)
 
 
 VARIANTS: dict[str, Rule] = {

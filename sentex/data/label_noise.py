@@ -43,6 +43,22 @@ def _strip(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def shift_span(text: str, start: int, end: int, grow: int, min_extra: int = MIN_EXTRA) -> tuple[int, int]:
+    """Move ``[start, end)`` left by ``n`` extra spaces before it at the start and ``n - grow`` at the end, then strip.
+
+    Unchanged when ``n < min_extra``, and when the shift would leave nothing.
+
+    >>> text = "a   bc de"  # n = 2 extra spaces before "de" (7, 9): it becomes "c de"
+    >>> shift_span(text, 7, 9, grow=2), text[5:9]
+    ((5, 9), 'c de')
+    """
+    n = extra_spaces_before(text, start)
+    if n < min_extra or end <= start:
+        return start, end
+    new_start, new_end = _strip(text, max(start - n, 0), min(max(end - n + grow, 0), len(text)))
+    return (new_start, new_end) if new_end > new_start else (start, end)
+
+
 def shift_like_labels(text: str, start: int, end: int) -> tuple[int, int]:
     """The character span the data set's labels give for the meant phrase ``text[start:end]``.
 
@@ -62,12 +78,8 @@ def shift_like_labels(text: str, start: int, end: int) -> tuple[int, int]:
     >>> shift_like_labels(tweet, 3, 8)
     (3, 8)
     """
-    n = extra_spaces_before(text, start)
-    if n < MIN_EXTRA or end <= start:
-        return start, end
-    grow = 1 if not text[end - 1].isalnum() else 2
-    new_start, new_end = _strip(text, max(start - n, 0), min(max(end - n + grow, 0), len(text)))
-    return (new_start, new_end) if new_end > new_start else (start, end)
+    grow = 1 if end > start and not text[end - 1].isalnum() else 2
+    return shift_span(text, start, end, grow)
 
 
 def recover_phrase(text: str, start: int, end: int) -> tuple[int, int]:

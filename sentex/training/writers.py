@@ -125,8 +125,8 @@ class TestReportWriter(Callback):
         if trainer.is_global_zero and rows:
             scores = [(row["textID"], row.pop("scores")) for row in rows if "scores" in row]
             for row in rows:
-                row["error_class"] = error_class(row["text"], row["sentiment"], row["prediction"], row["selected_text"])
-                row["error_class"] = row["error_class"] or ""
+                found = error_class(row["text"], row["sentiment"], row["prediction"], row["selected_text"])
+                row["error_class"] = found or ""
             path = Path(log_dir or ".") / TEST_REPORT
             write_csv(path, list(rows[0]), rows)
             rank_zero_info(f"sentex: wrote per-row test report to {path}")
