@@ -136,8 +136,30 @@ class ExtractorModule(pl.LightningModule):
             int(self.trainer.estimated_stepping_batches),
             self.lr_overrides(),
             getattr(self, "lr_schedule", "cosine"),
+            getattr(self, "optimizer_name", "adamw"),
+            # fp16's gradient scaler unscales inside a fused step, after Lightning would clip.
+            allow_fused=getattr(self.trainer.precision_plugin, "scaler", None) is None,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does, and also for a fused optimizer under bf16-mixed.
+
+        Lightning refuses to clip with any optimizer that can unscale fp16 gradients itself (fused
+        AdamW) under every mixed precision, but only fp16 has a gradient scaler: under bf16-mixed the
+        gradients are the true ones and clipping them directly is what the unfused path does.
+        """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if gradient_clip_val and scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if str(gradient_clip_algorithm or "norm") == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_fit_start(self) -> None:
         trainable, total = self.parameter_counts()
