@@ -103,10 +103,14 @@ def test_bench_numbers_match_independent_computations(exports, tmp_path: Path, c
     args = [str(fp32), str(int8), "--data.val_path", str(val), "--out", str(out)]
     cli_main(["bench", *args, "--batch_sizes", "1", "4", "--latency_rows", "8", "--repeats", "1", "--threads", "1"])
     printed = capsys.readouterr().out
-    assert printed.startswith("| model | family | dtype | size_mb |") and "| int8 | span | int8 |" in printed
+    assert printed.startswith("| model | family | dtype | runtime | size_mb |")
+    assert "| int8 | span | int8 | torch |" in printed
     with open(out / "bench.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["model"], r["family"], r["dtype"]) for r in rows] == [("fp32", "span", "fp32"), ("int8", "span", "int8")]
+    assert [(r["model"], r["family"], r["dtype"], r["runtime"]) for r in rows] == [
+        ("fp32", "span", "fp32", "torch"),
+        ("int8", "span", "int8", "torch"),
+    ]
     ref = rows[0]
     for row, folder in zip(rows, (fp32, int8)):
         # Only the 8 usable rows are scored, as by `sentex test` (the phrase-not-in-tweet row is skipped).

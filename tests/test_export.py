@@ -209,7 +209,7 @@ def test_manifest_and_model_card(span_exports: dict[str, Path], span_fit: Fitted
     assert {"sentex.json", "README.md", "config.json", "model.int8.safetensors", "head.safetensors"} <= names
     assert "model.safetensors" not in names
     manifest = json.loads((folder / "sentex.json").read_text())
-    assert manifest["family"] == "span" and manifest["dtype"] == "int8"
+    assert manifest["family"] == "span" and manifest["dtype"] == "int8" and manifest["runtime"] == "torch"
     assert manifest["base_model"] == "packaged:all-MiniLM-L6-v2"
     assert manifest["settings"] == {
         "max_length": 32,
@@ -295,6 +295,9 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["export", "--ckpt_path", "x.ckpt", "--out", str(tmp_path / "o"), "--dtype", "int3"])
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["export", "--ckpt_path", "x.ckpt", "--out", str(tmp_path / "o"), "--format", "tflite"])
+    assert exit_info.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
 
 
 def test_cli_export_prints_size(span_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -8,7 +8,8 @@ size, after one warm-up batch; batch size 1 *is* the naive per-row loop (tokeniz
 one tweet at a time), so ``batched_speedup`` = latency@1 / latency@largest-batch. Jaccard is the
 competition metric over every validation row at the largest batch size. An ensemble folder is
 measured like any model (its size is the whole folder, every member included); its row is named
-``<folder> (<n> members)``.
+``<folder> (<n> members)``. ONNX exports are measured the same way, through the same ``sentex.load``
+(ONNX Runtime gets the threads torch has, ``--threads``); the *runtime* column tells them apart.
 
 The parent never waits on a child blindly: a child killed by a signal (the kernel's OOM killer,
 ``kill -9``), one that exits without sending its row, and one still running after ``--timeout``
@@ -104,6 +105,7 @@ def measure(
     """Every number of one model; ``report(step)`` is called after each step (for a progress bar)."""
     from sentex.data.tweets import read_tweets
     from sentex.deploy.export import folder_size
+    from sentex.deploy.format import runtime_of
     from sentex.deploy.load import load
 
     report = report or (lambda step: None)
@@ -118,6 +120,7 @@ def measure(
         "model": Path(path).name + (f" ({len(members)} members)" if members else ""),
         "family": extractor.family,
         "dtype": extractor.info.get("dtype", "?"),
+        "runtime": runtime_of(extractor.info),
         "size_mb": round(folder_size(Path(path)) / 2**20, 2),
         "load_s": round(time.perf_counter() - start, 2),
     }
@@ -302,7 +305,7 @@ def plot(rows: list[dict], batch_sizes: Sequence[int], path: Path) -> bool:
     largest = max(batch_sizes)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for row in rows:
-        label = f"{row['model']} ({row['dtype']})"
+        label = f"{row['model']} ({row['dtype']}{', ONNX' if row.get('runtime') == 'onnx' else ''})"
         left.plot(batch_sizes, [row[f"ms_per_sample_b{b}"] for b in batch_sizes], marker="o", label=label)
         right.scatter(row[f"throughput_b{largest}"], row["jaccard"], s=60)
         right.annotate(label, (row[f"throughput_b{largest}"], row["jaccard"]), fontsize=8, xytext=(4, 4),

@@ -6,7 +6,9 @@
 ``--ckpt_path`` naming a folder is rewritten by the CLI to ``--model ExportedExtractor --model.path``
 (:func:`sentex.cli.route_exported_model`), so the Trainer, the data module, the submission writer,
 the per-row test report and the metrics are the same as for a checkpoint; only the weights come from
-the export (merged, cast or int8) through :func:`sentex.deploy.load.load_folder`.
+the export (merged, cast or int8, or an ONNX graph that ONNX Runtime runs) through
+:func:`sentex.deploy.load.load_folder`. An ONNX network takes and returns tensors on any device (its
+session runs on the CPU), so an fp32 ONNX export needs no ``--trainer.accelerator cpu``.
 """
 
 from __future__ import annotations

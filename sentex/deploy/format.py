@@ -11,6 +11,16 @@ Layout of a folder written by ``sentex export``::
     head.safetensors         span only: every weight outside the encoder (start/end head, pair term), float32
     tokenizer files
 
+An ONNX export (``sentex export --format onnx``, span models, fp32 or int8) is run by ONNX Runtime
+instead of torch; its manifest says ``"runtime": "onnx"`` (absent means ``torch``)::
+
+    sentex.json              manifest as above, plus ``runtime`` and ``onnx`` (opset, inputs, outputs, versions)
+    README.md                model card
+    config.json              the encoder's transformers config (for reference; the graph holds every weight)
+    model.onnx               the span network (encoder + heads) as one ONNX graph, fp32
+    model.int8.onnx          instead, for dtype int8: that graph after ONNX Runtime's dynamic int8 quantization
+    tokenizer files
+
 An ensemble (``sentex export`` with several ``--ckpt_path``) is one folder of span models that
 answers as one, the members' span probabilities averaged::
 
@@ -26,6 +36,7 @@ stored the start/end ``nn.Linear`` alone (``weight``, ``bias``), which loading s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
@@ -34,6 +45,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from sentex.deploy.onnx_runtime import INSTALL_HINT
 from sentex.deploy.quant.int4 import GROUP_SIZE, int4_linears, load_int4_into, save_int4
 from sentex.deploy.quant.int8 import dynamic_int8, load_int8_into, save_int8
 from sentex.errors import CheckpointError
@@ -92,11 +104,31 @@ QUANTIZERS: dict[str, Quantizer] = {
 # sentex's own weight files; their kernels run on CPU only.
 QUANTIZED_DTYPES = tuple(QUANTIZERS)
 DTYPES = (*TORCH_DTYPES, *QUANTIZED_DTYPES)
+# Who runs an export's network: torch (sentex's own weight files) or ONNX Runtime (an ONNX graph).
+RUNTIMES = ("torch", "onnx")
+ONNX_WEIGHTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+ONNX_DTYPES = tuple(ONNX_WEIGHTS)
+ONNX_FAMILIES = ("span",)
 
 
-def weights_file(dtype: str) -> str:
-    """Name of the file that holds the transformers weights of a ``dtype`` export."""
+def weights_file(dtype: str, runtime: str = "torch") -> str:
+    """Name of the file that holds the weights of a ``dtype`` export (the whole graph for ONNX).
+
+    >>> weights_file("int8"), weights_file("int8", "onnx")
+    ('model.int8.safetensors', 'model.int8.onnx')
+    """
+    if runtime == "onnx":
+        return ONNX_WEIGHTS[dtype]
     return QUANTIZERS[dtype].weights if dtype in QUANTIZERS else FLOAT_WEIGHTS
+
+
+def runtime_of(manifest: dict[str, Any]) -> str:
+    """Who runs an export: ``"onnx"`` or ``"torch"`` (manifests from before ONNX exports have no ``runtime``).
+
+    >>> runtime_of({"dtype": "fp32"}), runtime_of({"dtype": "int8", "runtime": "onnx"})
+    ('torch', 'onnx')
+    """
+    return manifest.get("runtime") or "torch"
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -120,9 +152,36 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file}: unknown model family {manifest['family']!r}")
     if manifest["dtype"] not in DTYPES:
         raise CheckpointError(f"{file}: unknown dtype {manifest['dtype']!r}")
+    check_runtime(file, manifest)
     if manifest.get("ensemble") is not None:
         check_ensemble(file, manifest)
     return manifest
+
+
+def check_runtime(file: Path, manifest: dict[str, Any]) -> None:
+    """Check a manifest's ``runtime`` against its family and dtype; a :class:`CheckpointError` names what is wrong."""
+    runtime = runtime_of(manifest)
+    if runtime not in RUNTIMES:
+        raise CheckpointError(f"{file}: unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+    if runtime == "onnx" and manifest["family"] not in ONNX_FAMILIES:
+        raise CheckpointError(f"{file}: a {manifest['family']} model cannot be an ONNX export")
+    if runtime == "onnx" and manifest["dtype"] not in ONNX_DTYPES:
+        raise CheckpointError(f"{file}: an ONNX export is {' or '.join(ONNX_DTYPES)}, not {manifest['dtype']!r}")
+    if runtime == "onnx" and not installed("onnxruntime"):
+        # Said here, where the CLI reads the manifest before building the model, so it stays one line.
+        raise CheckpointError(f"{file.parent}: an ONNX export needs the 'onnxruntime' package: {INSTALL_HINT}")
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it.
+
+    >>> installed("json"), installed("no_such_package_here")
+    (True, False)
+    """
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # in sys.modules as None: imports of it fail
+        return False
 
 
 def member_folder(index: int) -> str:

@@ -7,7 +7,8 @@
 Both sources end in the same thing: an :class:`~sentex.models.components.pipeline.InferencePipeline`
 of the family's network and codec, the very classes its LightningModule trains, so an exported model
 tokenizes and decodes exactly like the model that was validated. An exported folder (layout:
-:mod:`sentex.deploy.format`) is read without the base model; an ensemble folder becomes a
+:mod:`sentex.deploy.format`) is read without the base model (an ONNX export's network is its graph in an
+ONNX Runtime session, :mod:`sentex.deploy.onnx_runtime`); an ensemble folder becomes a
 :class:`~sentex.models.components.span_ensemble.SpanEnsemble` of its members' networks behind one
 codec. A checkpoint holds only trainable weights, so its model is rebuilt from the saved
 hyper-parameters (the frozen base comes from ``model_name_or_path``) with ``load_from_checkpoint``.
@@ -35,8 +36,10 @@ from sentex.deploy.format import (
     ensemble_members,
     head_state_from_file,
     read_manifest,
+    runtime_of,
     weights_file,
 )
+from sentex.deploy.onnx_runtime import onnx_span_network
 from sentex.errors import CheckpointError, SentexError
 from sentex.io.checkpoints import first_line, read_checkpoint
 from sentex.models.base import ExtractorModule
@@ -202,10 +205,12 @@ def load_network(folder: Path, auto_class: Any, family: str, dtype: str) -> nn.M
     return QUANTIZERS[dtype].load(model, folder / weights_file(dtype), KEEP_FP32[family])
 
 
-def span_network(folder: Path, dtype: str) -> SpanNetwork:
-    """The exported span network: encoder of ``dtype`` plus the float heads of ``head.safetensors``."""
-    encoder = load_network(folder, AutoModel, "span", dtype)
-    heads = head_state_from_file(load_file(str(folder / HEAD_WEIGHTS)))
+def assemble_span_network(encoder: nn.Module, heads: dict[str, torch.Tensor], dtype: torch.dtype) -> SpanNetwork:
+    """A span network of ``encoder`` and the head weights ``heads`` (network names), heads cast to ``dtype``.
+
+    Joint scoring and the pair term's width are read off the heads. An exported folder is loaded
+    through this, and ``sentex export --format onnx`` builds the graph it exports with it.
+    """
     joint = "pair_start.weight" in heads
     pair_dim = heads["pair_start.weight"].shape[0] if joint else 64
     net = SpanNetwork(encoder, head_dropout=0.0, scoring="joint" if joint else "independent", pair_dim=pair_dim)
@@ -215,8 +220,22 @@ def span_network(folder: Path, dtype: str) -> SpanNetwork:
     for name, child in net.named_children():
         if name not in ("encoder", "dropout"):
             child.load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items() if k.startswith(f"{name}.")})
-            child.to(TORCH_DTYPES.get(dtype, torch.float32))
+            child.to(dtype)
     return net.eval()
+
+
+def span_network(folder: Path, dtype: str) -> SpanNetwork:
+    """The exported span network: encoder of ``dtype`` plus the float heads of ``head.safetensors``."""
+    encoder = load_network(folder, AutoModel, "span", dtype)
+    heads = head_state_from_file(load_file(str(folder / HEAD_WEIGHTS)))
+    return assemble_span_network(encoder, heads, TORCH_DTYPES.get(dtype, torch.float32))
+
+
+def folder_span_network(folder: Path, manifest: dict[str, Any]) -> nn.Module:
+    """The span network of a single-model export: torch's, or the ONNX graph in an ONNX Runtime session."""
+    if runtime_of(manifest) == "onnx":
+        return onnx_span_network(folder, weights_file(manifest["dtype"], "onnx"))
+    return span_network(folder, manifest["dtype"])
 
 
 def load_folder(folder: Path) -> Extractor:
@@ -231,7 +250,7 @@ def load_folder(folder: Path) -> Extractor:
                 SpanEnsemble(list(map(member_network, members))), SpanCodec(tokenizer, **settings)
             )
         elif family == "span":
-            pipeline = InferencePipeline(span_network(folder, dtype), SpanCodec(tokenizer, **settings))
+            pipeline = InferencePipeline(folder_span_network(folder, manifest), SpanCodec(tokenizer, **settings))
         else:
             model = load_network(folder, AutoModelForSeq2SeqLM, family, dtype)
             pipeline = InferencePipeline(model, Seq2SeqCodec(tokenizer, **settings))
@@ -240,12 +259,12 @@ def load_folder(folder: Path) -> Extractor:
     return Extractor(pipeline, family, manifest)
 
 
-def member_network(folder: Path) -> SpanNetwork:
+def member_network(folder: Path) -> nn.Module:
     """The span network of one ensemble member (a single-model export inside the ensemble folder)."""
     manifest = read_manifest(folder)
     if manifest["family"] != "span" or manifest.get("ensemble") is not None:
         raise CheckpointError(f"{folder}: an ensemble member must be a single span model")
     try:
-        return span_network(folder, manifest["dtype"])
+        return folder_span_network(folder, manifest)
     except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{folder}: incomplete or corrupt export: {first_line(err)}") from None

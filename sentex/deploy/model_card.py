@@ -26,7 +26,9 @@ def _how_to_load(manifest: dict[str, Any]) -> list[str]:
         "```",
         "",
     ]
-    if manifest.get("quantization"):  # int8 / int4: sentex's own weight files
+    if manifest.get("runtime") == "onnx":
+        lines.append(_onnx_note(manifest))
+    elif manifest.get("quantization"):  # int8 / int4: sentex's own weight files
         detail = "per-row scales" if manifest["dtype"] == "int8" else "groups of 32 with scale and offset"
         lines.append(
             f"The weights are {manifest['dtype']} (`{manifest.get('weights')}`, {detail}); only `sentex` reads them. "
@@ -45,6 +47,23 @@ def _how_to_load(manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _onnx_note(manifest: dict[str, Any]) -> str:
+    """How an ONNX export's graph can be run without sentex, and what it leaves to sentex."""
+    onnx = manifest.get("onnx") or {}
+    inputs, outputs = ", ".join(onnx.get("inputs") or []), ", ".join(onnx.get("outputs") or [])
+    quantized = " after ONNX Runtime's dynamic int8 quantization" if manifest["dtype"] == "int8" else ""
+    return (
+        f"`{manifest.get('weights')}` is the span network (encoder and heads) as one ONNX graph (opset "
+        f"{onnx.get('opset')}){quantized}: inputs {inputs} (int64, batch x tokens), outputs {outputs} logits. "
+        "`onnxruntime.InferenceSession` runs it; choosing the span and mapping it back to the tweet (the settings in "
+        "`sentex.json`) is sentex's decoding, which `sentex.load` applies (`pip install 'sentex[onnx]'`)."
+    )
+
+
+def _title_dtype(manifest: dict[str, Any]) -> str:
+    return f"{manifest['dtype']}, ONNX Runtime" if manifest.get("runtime") == "onnx" else manifest["dtype"]
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     """Markdown model card: what the model does, how to load it, its metrics and limitations."""
     family = manifest["family"]
@@ -60,7 +79,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         else "Fully fine-tuned (no LoRA)."
     )
     lines = [
-        f"# sentex {family} extractor ({manifest['dtype']})",
+        f"# sentex {family} extractor ({_title_dtype(manifest)})",
         "",
         f"Given a tweet and its sentiment (negative, neutral, positive), returns the phrase that carries the "
         f"sentiment. This {family} model {what}.",
@@ -113,7 +132,7 @@ def _member_row(member: dict[str, Any]) -> str:
 def render_ensemble_card(manifest: dict[str, Any]) -> str:
     """Markdown model card of an ensemble folder: its members, their metrics, how to load it."""
     members = manifest["member_info"]
-    dtype = manifest["dtype"]
+    dtype = _title_dtype(manifest)
     lines = [
         f"# sentex {manifest['family']} ensemble of {len(members)} members ({dtype})",
         "",
