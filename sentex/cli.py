@@ -18,6 +18,7 @@ from sentex.errors import CheckpointError, SentexError
 from sentex.io.checkpoints import read_checkpoint
 from sentex.models.base import ExtractorModule
 from sentex.training.callbacks import AtomicCheckpoints, FitSummary, RandomStateCheckpoint
+from sentex.training.cpu_precision import CPUPrecisionCheck
 from sentex.training.progress import PlainProgress
 from sentex.training.writers import SubmissionWriter, TestReportWriter
 
@@ -230,7 +231,7 @@ def run_cli(cli_class: type[SentexCLI], args: list[str] | None) -> None:
 
 def sentex_callbacks() -> list[Callback]:
     """Callbacks every sentex run gets on top of the config's (fresh instances for each run)."""
-    return [TestReportWriter(), FitSummary(), RandomStateCheckpoint(), AtomicCheckpoints()]
+    return [TestReportWriter(), FitSummary(), RandomStateCheckpoint(), AtomicCheckpoints(), CPUPrecisionCheck()]
 
 
 def extra_commands_epilog() -> str:
