@@ -14,7 +14,8 @@ Two measurements, each in one process so their ratios are taken under the same m
 Both train the SpanExtractor of sentex, whose ``compute_loss`` the Trainer calls through a thin
 adapter, and both use sentex's data module for the rows (so they read the same CSV rows and the
 same validation split). Ratios > 1 mean sentex is faster. Each throughput cell is the median of
-``--repeats`` runs, interleaved so that slow phases of a noisy machine hit both sides alike.
+``--repeats`` paired runs in which sentex and the Trainer take turns to go first, so that neither
+side keeps the warmer (or quieter) slot of a noisy machine.
 """
 
 from __future__ import annotations
@@ -111,24 +112,35 @@ def timed(fn: Any) -> float:
 
 
 # --- 1. throughput, identical settings ----------------------------------------------------------------
-def throughput_pair(data: str, n_rows: int, batch: int, steps: int, precision: str, grouped: bool, tmp: str):
-    """(sentex seconds, Trainer seconds) for ``steps`` steps on identical batches."""
+def throughput_pair(
+    data: str, n_rows: int, batch: int, steps: int, precision: str, grouped: bool, tmp: str, hf_first: bool
+) -> tuple[float, float]:
+    """(sentex seconds, Trainer seconds): ``steps`` steps on identical batches; ``hf_first`` runs the Trainer first."""
     dm = TweetDataModule(train_path=data, val_path=data, batch_size=batch, bucket_by_length=grouped,
                          max_train_rows=n_rows)  # fmt: skip
     dm.setup("fit")
     ids_sentex: list[str] = []
     ids_hf: list[str] = []
 
-    pl.seed_everything(SEED, verbose=False)
-    ours = recording(SpanExtractor(max_length=128, learning_rate=1e-4, warmup_steps=10), ids_sentex)
-    trainer = lightning_trainer(precision, steps)
-    t_ours = timed(lambda: trainer.fit(ours, dm))
+    def run_sentex() -> float:
+        pl.seed_everything(SEED, verbose=False)
+        ours = recording(SpanExtractor(max_length=128, learning_rate=1e-4, warmup_steps=10), ids_sentex)
+        trainer = lightning_trainer(precision, steps)
+        return timed(lambda: trainer.fit(ours, dm))
 
-    pl.seed_everything(SEED, verbose=False)
-    theirs = recording(SpanExtractor(max_length=128, learning_rate=1e-4, warmup_steps=10), ids_hf)
-    args = hf_args(tmp, steps, 1, batch, precision == "bf16-mixed", 1e-4, 10)
-    hf = FixedLoaderTrainer(model=LossOnly(theirs), args=args, loader=sentex_loader(dm, theirs, grouped))
-    t_hf = timed(hf.train)
+    def run_hf() -> float:
+        pl.seed_everything(SEED, verbose=False)
+        theirs = recording(SpanExtractor(max_length=128, learning_rate=1e-4, warmup_steps=10), ids_hf)
+        args = hf_args(tmp, steps, 1, batch, precision == "bf16-mixed", 1e-4, 10)
+        hf = FixedLoaderTrainer(model=LossOnly(theirs), args=args, loader=sentex_loader(dm, theirs, grouped))
+        return timed(hf.train)
+
+    if hf_first:
+        t_hf = run_hf()
+        t_ours = run_sentex()
+    else:
+        t_ours = run_sentex()
+        t_hf = run_hf()
     if ids_sentex != ids_hf:
         raise SystemExit("bench: the two trainers did not see the same batches; the comparison is void")
     return t_ours, t_hf
@@ -143,8 +155,10 @@ def throughput(args: argparse.Namespace) -> None:
         for precision in ("32", "bf16-mixed"):
             for label, grouped in (("shuffled", False), ("length-grouped", True)):
                 ours, theirs = [], []
-                for _ in range(args.repeats):
-                    a, b = throughput_pair(args.data, args.rows, args.batch, args.steps, precision, grouped, tmp)
+                for i in range(args.repeats):  # who goes first alternates, so neither gets the warmer machine
+                    a, b = throughput_pair(
+                        args.data, args.rows, args.batch, args.steps, precision, grouped, tmp, hf_first=i % 2 == 1
+                    )
                     ours.append(a)
                     theirs.append(b)
                 a, b = statistics.median(ours), statistics.median(theirs)
