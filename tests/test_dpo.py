@@ -89,6 +89,21 @@ def fit_steps(model: pl.LightningModule, csv: Path, tmp_path: Path, steps: int) 
         model, TweetDataModule(train_path=str(csv), val_path=str(csv), batch_size=4))  # fmt: skip
 
 
+def assert_policy_learns_reference_stays(
+    model: pl.LightningModule, csv: Path, tmp_path: Path, frozen: dict, batch: dict, reference: torch.Tensor
+) -> None:
+    """Five more DPO steps widen the pair margin, leave every non-LoRA weight as in ``frozen`` (without
+    gradients), and leave the reference's chosen log-probabilities at ``reference``."""
+    start = pair_margin(model, model.pairs)
+    fit_steps(model, csv, tmp_path, steps=5)
+    assert pair_margin(model, model.pairs) > start
+    for name, p in model.net.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(p, frozen[name]) and p.grad is None, name
+    with torch.no_grad():
+        assert torch.allclose(model.pair_log_probs(batch, reference=True)[0], reference, atol=1e-4)
+
+
 def pair_margin(model, pairs) -> float:
     """Mean of (policy - reference) log-ratio of chosen minus that of rejected, on fixed pairs."""
     rows = [{"textID": p.textID, "text": p.text, "sentiment": p.sentiment, "selected_text": p.chosen,
@@ -161,14 +176,7 @@ def test_seq2seq_reference_is_the_merged_sft_model(
     assert torch.allclose(ref, expected, atol=1e-4) and torch.allclose(policy, ref, atol=1e-4)
     frozen = {k: v.clone() for k, v in model.net.named_parameters() if "lora_" not in k}
     fit_steps(model, tweets_csv, tmp_path, steps=1)
-    start = pair_margin(model, model.pairs)
-    fit_steps(model, tweets_csv, tmp_path, steps=5)
-    assert pair_margin(model, model.pairs) > start
-    for name, p in model.net.named_parameters():
-        if "lora_" not in name:
-            assert torch.equal(p, frozen[name]) and p.grad is None, name
-    with torch.no_grad():
-        assert torch.allclose(model.pair_log_probs(batch, reference=True)[0], expected, atol=1e-4)
+    assert_policy_learns_reference_stays(model, tweets_csv, tmp_path, frozen, batch, expected)
 
 
 def test_seq2seq_dpo_checkpoint_is_a_plain_seq2seq_checkpoint(

@@ -4,10 +4,11 @@
         --model.sft_checkpoint lightning_logs/version_0/checkpoints/best-....ckpt
 
 This is ``sentex fit`` with an alignment module (:mod:`sentex.alignment.span`,
-:mod:`sentex.alignment.seq2seq`): when the fit starts, the module builds preference pairs from the
-training tweets (:mod:`sentex.alignment.pairs`) — or reads them from ``--model.pairs_path`` — and
-trains on them; validation rows are the usual held-out tweets, so checkpoints, ``val/jaccard``,
-TensorBoard, ``--ckpt_path last`` and every Lightning option work as for fit.
+:mod:`sentex.alignment.seq2seq`, :mod:`sentex.alignment.causal`): when the fit starts, the module
+builds preference pairs from the training tweets (:mod:`sentex.alignment.pairs`) — or reads them
+from ``--model.pairs_path`` — and trains on them; validation rows are the usual held-out tweets, so
+checkpoints, ``val/jaccard``, TensorBoard, ``--ckpt_path last`` and every Lightning option work as
+for fit.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class AlignCLI(SentexCLI):
         if not (isinstance(cls, type) and issubclass(cls, DPOMixin)):
             raise SentexError(
                 f"sentex align trains DPO modules (sentex.alignment.span.DPOSpanExtractor,"
-                f" sentex.alignment.seq2seq.DPOSeq2SeqExtractor), got model {class_path!r};"
-                " use configs/dpo_span.yaml or configs/dpo.yaml"
+                f" sentex.alignment.seq2seq.DPOSeq2SeqExtractor, sentex.alignment.causal.DPOCausalExtractor),"
+                f" got model {class_path!r}; use configs/dpo_span.yaml, configs/dpo.yaml or configs/dpo_causal.yaml"
             )
         super().before_instantiate_classes()
 

@@ -4,7 +4,8 @@ Alignment continues a trained (SFT) sentex model against a frozen copy of itself
 the SFT checkpoint named by ``sft_checkpoint``, and the reference is that same SFT model, frozen —
 not the raw pre-trained base (https://arxiv.org/abs/2305.18290, §4: the reference should be the
 model that produced the preference distribution). The families are
-:class:`~sentex.alignment.span.DPOSpanExtractor` and :class:`~sentex.alignment.seq2seq.DPOSeq2SeqExtractor`.
+:class:`~sentex.alignment.span.DPOSpanExtractor`, :class:`~sentex.alignment.seq2seq.DPOSeq2SeqExtractor` and
+:class:`~sentex.alignment.causal.DPOCausalExtractor`.
 
 When a fit starts, the module replaces the data module's training tweets by preference pairs
 (:mod:`sentex.alignment.pairs`), or, for the ``expected_jaccard`` objective, keeps the labelled

@@ -1,5 +1,6 @@
-"""Stage 1, data: reading and checking Kaggle-format CSVs, the data module, batch samplers."""
+"""Stage 1, data: reading and checking Kaggle-format CSVs and labelled texts, the data modules, batch samplers."""
 
+from sentex.data.classification import ClassificationDataModule
 from sentex.data.datamodule import TweetDataModule
 
-__all__ = ["TweetDataModule"]
+__all__ = ["ClassificationDataModule", "TweetDataModule"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,6 +17,7 @@ import torch
 from datasets import Dataset
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from sentex.data.folds import stratified_folds
@@ -46,11 +48,17 @@ class TweetDataModule(pl.LightningDataModule):
         bucket_by_length: batch training rows of similar length together (faster; single process only).
         train_sentiments: train only on rows of these sentiments (validation and test keep every row),
             e.g. ``[positive, negative]`` when the model answers neutral tweets by rule.
+        sentiment_model: a sentiment classifier (exported folder or checkpoint) that gives the
+            ``predict_path`` rows without a sentiment (no ``sentiment`` column, an empty value or
+            ``auto``) theirs, so tweets can be predicted from their text alone.
 
     The training order is a pure function of the seed and the epoch, and the data module's
     checkpoint state records how far into the epoch training got, so a run resumed from a
     mid-epoch ``last.ckpt`` trains on exactly the batches an uninterrupted run would have.
     """
+
+    # The column folds are stratified by (the tweets' sentiment; a classifier's label).
+    stratify_column = "sentiment"
 
     def __init__(
         self,
@@ -69,6 +77,7 @@ class TweetDataModule(pl.LightningDataModule):
         max_train_rows: int | None = None,
         bucket_by_length: bool = False,
         train_sentiments: list[str] | None = None,
+        sentiment_model: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -79,6 +88,7 @@ class TweetDataModule(pl.LightningDataModule):
         if unknown or train_sentiments == []:
             raise DataError(f"data.train_sentiments must name some of {', '.join(SENTIMENTS)}, got {train_sentiments}")
         self.save_hyperparameters()
+        self.sentiment_model = sentiment_model
         self.datasets: dict[str, Dataset] = {}
         self._resume_epoch, self._resume_batches = 0, 0
 
@@ -92,15 +102,33 @@ class TweetDataModule(pl.LightningDataModule):
             else:
                 self.datasets["test"] = self.datasets["val"]
         if stage == "predict":
-            self.datasets["predict"] = self._load(hp.predict_path, "data.predict_path", labels=False)
+            rows = self._load(hp.predict_path, "data.predict_path", labels=False)
+            self.datasets["predict"] = self._with_predicted_sentiments(rows)
+
+    def _with_predicted_sentiments(self, rows: Dataset) -> Dataset:
+        """``rows`` with the sentiment model's answer wherever the sentiment is empty (read as ``""``)."""
+        todo = [i for i, s in enumerate(rows["sentiment"]) if not s] if self.sentiment_model else []
+        if not todo:
+            return rows
+        # The deploy stage reads exported models; imported only when a sentiment model is asked for.
+        from sentex.deploy.load import load_model
+        from sentex.deploy.sentiment import check_sentiment_classifier, fill_sentiments
+
+        name = self.sentiment_model
+        classifier = check_sentiment_classifier(load_model(Path(name)), f"--data.sentiment_model {name}")
+        batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
+        sentiments = fill_sentiments(rows["text"], rows["sentiment"], classifier, batch_size)
+        rank_zero_info(f"sentex: predicted the sentiment of {len(todo)} of {len(rows)} row(s) with {name}")
+        return rows.remove_columns("sentiment").add_column("sentiment", sentiments)
 
     def _setup_train_val(self, need_train: bool) -> None:
         hp = self.hparams
         if hp.val_path:
-            if "val" not in self.datasets:
-                self.datasets["val"] = self._load(hp.val_path, "data.val_path", labels=True)
+            # The training file first: a subclass that takes its label names from the data takes the training file's.
             if need_train and "train" not in self.datasets:
                 self.datasets["train"] = self._training_rows(self._load(hp.train_path, "data.train_path", labels=True))
+            if "val" not in self.datasets:
+                self.datasets["val"] = self._load(hp.val_path, "data.val_path", labels=True)
             return
         if "train" in self.datasets:
             return
@@ -108,7 +136,7 @@ class TweetDataModule(pl.LightningDataModule):
         if len(full) < 2:
             raise DataError(f"{hp.train_path}: need at least 2 rows to split off validation rows")
         if hp.num_folds:
-            folds = stratified_folds(full["sentiment"], hp.num_folds, hp.split_seed)
+            folds = stratified_folds(full[self.stratify_column], hp.num_folds, hp.split_seed)
             train = full.select([i for i, f in enumerate(folds) if f != hp.fold])
             val = full.select([i for i, f in enumerate(folds) if f == hp.fold])
         else:
@@ -120,7 +148,8 @@ class TweetDataModule(pl.LightningDataModule):
     def _load(self, path: str | None, option: str, labels: bool) -> Dataset:
         if not path:
             raise DataError(f"--{option} is required for this command")
-        table = read_tweets(path, require_labels=labels, strict=self.hparams.strict)
+        optional = option == "data.predict_path" and self.sentiment_model is not None
+        table = read_tweets(path, require_labels=labels, strict=self.hparams.strict, sentiment_optional=optional)
         return Dataset.from_dict(table.columns)
 
     def _training_rows(self, train: Dataset) -> Dataset:

@@ -63,13 +63,17 @@ def resolve_data_path(path: str | Path) -> Path:
     return Path(text).expanduser()
 
 
-def read_tweets(path: str | Path, require_labels: bool, strict: bool = False) -> TweetTable:
+def read_tweets(
+    path: str | Path, require_labels: bool, strict: bool = False, sentiment_optional: bool = False
+) -> TweetTable:
     """Read and check a Kaggle-format CSV.
 
     Args:
         path: CSV file, or ``sentex:<file>`` for a sample shipped with the package.
         require_labels: whether ``selected_text`` must be present (train/val/test files).
         strict: turn skippable row problems into errors.
+        sentiment_optional: the ``sentiment`` column may be missing, and a value empty or ``auto``
+            (read as ``""``): a sentiment classifier will fill them in (``sentex predict --data.sentiment_model``).
 
     Returns:
         The usable rows as columns; leading/trailing spaces are kept as in the file.
@@ -78,8 +82,8 @@ def read_tweets(path: str | Path, require_labels: bool, strict: bool = False) ->
         DataError: listing every fatal problem in the file.
     """
     name = str(path)
-    header, records = _parse_csv(resolve_data_path(path), name)
-    return _check_rows(name, header, records, require_labels, strict)
+    header, records = parse_csv(resolve_data_path(path), name)
+    return _check_rows(name, header, records, require_labels, strict, sentiment_optional)
 
 
 def read_for_scoring(path: str | Path, strict: bool = False) -> TweetTable:
@@ -98,20 +102,28 @@ def read_for_scoring(path: str | Path, strict: bool = False) -> TweetTable:
         DataError: listing every fatal problem in the file.
     """
     name = str(path)
-    header, records = _parse_csv(resolve_data_path(path), name)
+    header, records = parse_csv(resolve_data_path(path), name)
     return _check_rows(name, header, records, LABEL_COLUMN in header, strict)
 
 
 def _check_rows(
-    name: str, header: list[str], records: list[tuple[int, list[str]]], require_labels: bool, strict: bool
+    name: str,
+    header: list[str],
+    records: list[tuple[int, list[str]]],
+    require_labels: bool,
+    strict: bool,
+    sentiment_optional: bool = False,
 ) -> TweetTable:
     """Check parsed rows against the columns and the row policy; see :func:`read_tweets`."""
-    missing = [c for c in REQUIRED_COLUMNS + ((LABEL_COLUMN,) if require_labels else ()) if c not in header]
+    required = [c for c in REQUIRED_COLUMNS if not (sentiment_optional and c == "sentiment")]
+    missing = [c for c in required + ([LABEL_COLUMN] if require_labels else []) if c not in header]
     if missing:
         found = ", ".join(header) if header else "nothing"
-        raise DataError(f"{name}: missing column(s) {', '.join(missing)} (found: {found})")
+        hint = " (or pass --data.sentiment_model to predict the sentiment)" if "sentiment" in missing else ""
+        raise DataError(f"{name}: missing column(s) {', '.join(missing)} (found: {found}){hint}")
     keep = [c for c in REQUIRED_COLUMNS + (LABEL_COLUMN,) if c in header]
     index = {c: header.index(c) for c in keep}
+    keep = list(dict.fromkeys([*keep, "sentiment"]))  # a missing (optional) sentiment column reads as ""
 
     errors: list[str] = []
     skipped: dict[str, int] = {}
@@ -121,7 +133,10 @@ def _check_rows(
             errors.append(f"{name}: line {line}: expected {len(header)} fields, found {len(record)}")
             continue
         row = {c: record[i] for c, i in index.items()}
-        if row["sentiment"] not in SENTIMENTS:
+        row.setdefault("sentiment", "")
+        if sentiment_optional and row["sentiment"].strip().lower() in ("", "auto"):
+            row["sentiment"] = ""
+        elif row["sentiment"] not in SENTIMENTS:
             errors.append(
                 f"{name}: line {line}: field 'sentiment': unknown value {row['sentiment']!r}"
                 f" (expected one of {', '.join(SENTIMENTS)})"
@@ -136,12 +151,7 @@ def _check_rows(
             continue
         for c in keep:
             columns[c].append(row[c])
-    if not errors and not columns["textID"]:
-        why = "".join(f", {n} {reason}" for reason, n in sorted(skipped.items()))
-        errors.append(f"{name}: no usable rows ({len(records)} data row(s){why})")
-    if errors:
-        more = f" ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
-        raise DataError("; ".join(errors[:MAX_REPORTED]) + more)
+    raise_problems(name, errors, len(columns["textID"]), len(records), skipped)
 
     table = TweetTable(name, columns, skipped, len(columns["textID"]) - len(set(columns["textID"])))
     table.empty_texts_kept = sum(not t.strip() for t in columns["text"])
@@ -149,7 +159,23 @@ def _check_rows(
     return table
 
 
-def _parse_csv(path: Path, name: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def raise_problems(name: str, errors: list[str], usable: int, rows: int, skipped: dict[str, int]) -> None:
+    """Raise one :class:`DataError` listing a file's fatal problems (the first few), or that no row was usable.
+
+    >>> raise_problems("t.csv", [], 0, 2, {"empty text": 2})
+    Traceback (most recent call last):
+    ...
+    sentex.errors.DataError: t.csv: no usable rows (2 data row(s), 2 empty text)
+    """
+    if not errors and not usable:
+        why = "".join(f", {n} {reason}" for reason, n in sorted(skipped.items()))
+        errors = [f"{name}: no usable rows ({rows} data row(s){why})"]
+    if errors:
+        more = f" ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+        raise DataError("; ".join(errors[:MAX_REPORTED]) + more)
+
+
+def parse_csv(path: Path, name: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Decode (BOM-tolerant UTF-8) and split a CSV; returns the header and ``(line, fields)`` rows."""
     if not path.exists():
         raise DataError(f"{name}: file not found")

@@ -1,8 +1,10 @@
-"""Stage 2, models: the LightningModules of each family (``span``, ``seq2seq``) over the plain networks
-and codecs of :mod:`sentex.models.components`."""
+"""Stage 2, models: the LightningModules of each family (``span``, ``seq2seq``, ``classifier``) over the plain
+networks and codecs of :mod:`sentex.models.components`."""
 
 from sentex.models.base import ExtractorModule
+from sentex.models.causal import CausalExtractor
+from sentex.models.classifier import SentimentClassifier
 from sentex.models.seq2seq import Seq2SeqExtractor
 from sentex.models.span import SpanExtractor
 
-__all__ = ["ExtractorModule", "Seq2SeqExtractor", "SpanExtractor"]
+__all__ = ["CausalExtractor", "ExtractorModule", "Seq2SeqExtractor", "SentimentClassifier", "SpanExtractor"]

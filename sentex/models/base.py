@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from sentex.errors import CheckpointError, NonFiniteLossError
 from sentex.metrics import extraction_metrics, jaccard
-from sentex.training.optim import build_optimizer
+from sentex.training.optim import SCHEDULES, build_optimizer
 from sentex.version import __version__
 
 Batch = dict[str, Any]
@@ -28,15 +28,21 @@ class ExtractorModule(pl.LightningModule):
     Args:
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to biases and norms).
-        warmup_steps: optimizer steps of linear warm-up before the cosine decay.
+        warmup_steps: optimizer steps of linear warm-up before the decay.
+        lr_schedule: the decay after warm-up, ``cosine`` or ``linear`` (to 0 at the last step).
     """
 
     family: ClassVar[str] = "base"
     # Old state-dict key prefix → current one, for checkpoints of an earlier module layout.
     legacy_prefixes: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, learning_rate: float, weight_decay: float, warmup_steps: int) -> None:
+    def __init__(
+        self, learning_rate: float, weight_decay: float, warmup_steps: int, lr_schedule: str = "cosine"
+    ) -> None:
         super().__init__()
+        if lr_schedule not in SCHEDULES:
+            raise ValueError(f"model.lr_schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
@@ -47,9 +53,20 @@ class ExtractorModule(pl.LightningModule):
         self.strict_loading = False
 
     # --- what a family implements -------------------------------------------------------
+    # Every family keeps its tokenizer, batching and decoding in a codec (``self.codec``), the object
+    # that exports and ``sentex.load`` run without Lightning.
+    @property
+    def tokenizer(self) -> Any:
+        return self.codec.tokenizer
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """``generate`` settings used by validation, test and predict (generative families; empty otherwise)."""
+        return getattr(self.codec, "generation", {})
+
     def collate(self, rows: list[dict[str, Any]]) -> Batch:
         """Turn data-module rows (dicts of CSV fields) into a batch; keep the raw fields too."""
-        raise NotImplementedError
+        return self.codec.collate(rows)
 
     def compute_loss(self, batch: Batch) -> torch.Tensor:
         """Training loss of a labelled batch."""
@@ -135,7 +152,7 @@ class ExtractorModule(pl.LightningModule):
             self.warmup_steps,
             int(self.trainer.estimated_stepping_batches),
             self.lr_overrides(),
-            getattr(self, "lr_schedule", "cosine"),
+            self.lr_schedule,
             getattr(self, "optimizer_name", "adamw"),
             # fp16's gradient scaler unscales inside a fused step, after Lightning would clip.
             allow_fused=getattr(self.trainer.precision_plugin, "scaler", None) is None,

@@ -71,18 +71,6 @@ class Seq2SeqExtractor(ExtractorModule):
         # from_pretrained returns eval mode; Lightning keeps submodule modes, so switch dropout on.
         self.net = model.train()
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.codec.tokenizer
-
-    @property
-    def generation(self) -> dict[str, Any]:
-        """``generate`` settings used by validation, test and predict."""
-        return self.codec.generation
-
-    def collate(self, rows: list[dict[str, Any]]) -> Batch:
-        return self.codec.collate(rows)
-
     def compute_loss(self, batch: Batch) -> torch.Tensor:
         out = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         return out.loss

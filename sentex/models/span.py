@@ -30,7 +30,6 @@ from sentex.models.components.span_math import (
     smoothed_span_nll,
 )
 from sentex.models.components.span_network import SCORINGS, SpanLogits, SpanNetwork
-from sentex.training.optim import SCHEDULES
 
 __all__ = ["IGNORE", "SpanExtractor"]
 
@@ -90,17 +89,14 @@ class SpanExtractor(ExtractorModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 100,
     ) -> None:
-        super().__init__(learning_rate, weight_decay, warmup_steps)
+        super().__init__(learning_rate, weight_decay, warmup_steps, lr_schedule)
         self.save_hyperparameters()
         if not 0.0 <= span_label_smoothing < 1.0:
             raise ValueError(f"model.span_label_smoothing must be in [0, 1), got {span_label_smoothing}")
         if not 0.0 <= span_soft_targets <= 1.0:
             raise ValueError(f"model.span_soft_targets must be in [0, 1], got {span_soft_targets}")
-        if lr_schedule not in SCHEDULES:
-            raise ValueError(f"model.lr_schedule must be one of {', '.join(SCHEDULES)}, got {lr_schedule!r}")
         if span_scoring not in SCORINGS:
             raise ValueError(f"model.span_scoring must be one of {', '.join(SCORINGS)}, got {span_scoring!r}")
-        self.lr_schedule = lr_schedule
         path = resolve_model_path(model_name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if not tokenizer.is_fast:
@@ -114,19 +110,12 @@ class SpanExtractor(ExtractorModule):
         # from_pretrained returns eval mode; Lightning keeps submodule modes, so switch dropout on.
         self.net = SpanNetwork(encoder.train(), head_dropout, span_scoring)
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.codec.tokenizer
-
     def lr_overrides(self) -> dict[str, float]:
         lr = self.hparams.head_learning_rate
         if not lr:
             return {}
         # Everything outside the pretrained encoder is new: the start/end head and the pair term.
         return {f"net.{name}.": lr for name, _ in self.net.named_children() if name not in ("encoder", "dropout")}
-
-    def collate(self, rows: list[dict[str, Any]]) -> Batch:
-        return self.codec.collate(rows)
 
     def logits(self, batch: Batch) -> SpanLogits:
         """The network's raw start/end (and pair) scores for a collated batch."""

