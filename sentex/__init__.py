@@ -11,13 +11,15 @@ __all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
     from sentex.deploy.load import Extractor
+    from sentex.deploy.sentiment import Classifier
 
 
-def load(path: str | Path) -> Extractor:
+def load(path: str | Path, sentiment_model: str | Path | Classifier | None = None) -> Extractor | Classifier:
     """Load an exported model folder or a sentex checkpoint; see :func:`sentex.deploy.load.load`.
 
+    ``sentiment_model`` (a sentiment classifier) lets an extractor answer tweets given without a sentiment.
     Imported lazily so that ``import sentex`` stays light for the CLI and the app.
     """
     from sentex.deploy.load import load as _load
 
-    return _load(path)
+    return _load(path, sentiment_model)

@@ -18,15 +18,8 @@ import pytest
 
 import sentex
 from sentex.cli import main as cli_main
-from sentex.deploy.bench import (
-    add_relative_columns,
-    child_death,
-    markdown_table,
-    mean_jaccard,
-    measure,
-    ms_per_sample,
-    run_isolated,
-)
+from sentex.deploy.bench import add_relative_columns, child_death, markdown_table, run_isolated
+from sentex.deploy.bench_measure import mean_jaccard, measure, ms_per_sample
 from sentex.deploy.export import export
 from sentex.deploy.load import load
 from sentex.errors import SentexError
@@ -92,7 +85,14 @@ def test_child_death_names_the_signal() -> None:
 def test_ms_per_sample_is_per_row_and_positive(exports) -> None:
     ex = load(exports[0])
     texts, sentiments = [t[1] for t in TWEETS], [t[3] for t in TWEETS]
-    assert 0 < ms_per_sample(ex, texts, sentiments, batch_size=4, repeats=2) < 5000
+    calls: list[tuple[int, int]] = []
+
+    def run(rows: int, batch_size: int) -> list[str]:
+        calls.append((rows, batch_size))
+        return ex.extract(texts[:rows], sentiments[:rows], batch_size=batch_size)
+
+    assert 0 < ms_per_sample(run, len(texts), batch_size=4, repeats=2) < 5000
+    assert calls == [(4, 4), (len(texts), 4), (len(texts), 4)]  # a warm-up batch, then every row per repeat
 
 
 # --- the numbers, checked against independent computations ----------------------------------
@@ -140,7 +140,7 @@ def test_measure_a_checkpoint_in_process(exports, tmp_path: Path) -> None:
     val = write_rows(tmp_path / "val.csv", [*TWEETS, BAD_ROW])
     steps: list[str] = []
     row = measure(str(exports[2]), str(val), [2], latency_rows=4, repeats=1, report=steps.append)
-    assert steps == ["load", "batch 2", "jaccard"]
+    assert steps == ["load", "batch 2", "quality"]
     assert row["model"] == "span.ckpt" and row["dtype"] == "fp32" and row["val_rows"] == len(TWEETS)
     assert row["size_mb"] == round(files_bytes(exports[2]) / 2**20, 2)
     assert row["jaccard"] == round(expected_jaccard(exports[2], batch_size=2), 4)

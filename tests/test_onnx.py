@@ -19,7 +19,7 @@ import torch
 import sentex.deploy.onnx_export as onnx_export
 from sentex.cli import main as cli_main
 from sentex.data.tweets import read_tweets
-from sentex.deploy.bench import measure
+from sentex.deploy.bench_measure import measure
 from sentex.deploy.export import export, folder_size
 from sentex.deploy.load import load
 from sentex.deploy.onnx_runtime import OnnxSpanNetwork

@@ -1,15 +1,14 @@
-"""``sentex bench``: size, memory, latency, throughput and Jaccard of exported models (or checkpoints).
+"""``sentex bench``: size, memory, latency, throughput and quality of exported models (or checkpoints).
 
-Each model is measured in a fresh child process (``spawn``), so its peak memory is its own:
-*peak RSS* is the child's resident-set high-water mark (``VmHWM``, reset after the imports) minus
-its RSS after the imports, i.e. what loading the model and running every measurement added. Latency is wall time
-per sample of ``Extractor.extract`` over the same ``--latency_rows`` validation rows at each batch
-size, after one warm-up batch; batch size 1 *is* the naive per-row loop (tokenize, forward, decode
-one tweet at a time), so ``batched_speedup`` = latency@1 / latency@largest-batch. Jaccard is the
-competition metric over every validation row at the largest batch size. An ensemble folder is
-measured like any model (its size is the whole folder, every member included); its row is named
-``<folder> (<n> members)``. ONNX exports are measured the same way, through the same ``sentex.load``
-(ONNX Runtime gets the threads torch has, ``--threads``); the *runtime* column tells them apart.
+Each model is measured in a fresh child process (``spawn``), so its peak memory is its own; what is
+measured there is :mod:`sentex.deploy.bench_measure` (latency per sample of ``Extractor.extract`` or
+``Classifier.classify`` at each batch size, ``batched_speedup`` = latency@1 / latency@largest-batch,
+Jaccard or accuracy over every validation row). An ensemble folder is measured like any model (its
+size is the whole folder, every member included); its row is named ``<folder> (<n> members)``. ONNX
+exports are measured the same way, through the same ``sentex.load`` (ONNX Runtime gets the threads
+torch has, ``--threads``); the *runtime* column tells them apart. With ``--sentiment_model`` every
+extractor is measured twice: with the gold sentiments, and given none, the classifier choosing them
+(its row says ``+ auto sentiment``; its latency includes the classifier's).
 
 The parent never waits on a child blindly: a child killed by a signal (the kernel's OOM killer,
 ``kill -9``), one that exits without sending its row, and one still running after ``--timeout``
@@ -21,9 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import queue as queue_module
-import resource
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
+from sentex.deploy.bench_measure import measure, merge_rounds
 from sentex.errors import SentexError
 from sentex.io.atomic import atomic_path
 from sentex.training.writers import write_csv
@@ -39,127 +37,6 @@ from sentex.training.writers import write_csv
 BATCH_SIZES = (1, 4, 8, 16)
 DEFAULT_TIMEOUT_S = 1800.0  # per model and round: loading plus every measurement
 POLL_S = 1.0  # how often the parent checks that a silent child is still alive
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def reset_peak_rss() -> None:
-    """Reset this process's resident-set high-water mark (Linux: ``5`` to ``/proc/self/clear_refs``).
-
-    Without it the mark would include transient peaks of the imports, which are not the model's.
-    Where it is impossible the mark is left as is (and so may over-state the model's peak).
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_bytes() -> int:
-    """High-water resident set size of this process: ``VmHWM`` on Linux, else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
-
-
-def mean_jaccard(preds: Sequence[str], golds: Sequence[str]) -> float:
-    """Mean competition Jaccard of predictions against gold phrases.
-
-    >>> mean_jaccard(["love this", "bad"], ["love this", "so bad day"])
-    0.6666666666666666
-    """
-    from sentex.metrics import jaccard
-
-    if len(preds) != len(golds) or not preds:
-        raise ValueError(f"need equally many predictions and gold phrases, got {len(preds)} and {len(golds)}")
-    return sum(jaccard(p, g) for p, g in zip(preds, golds)) / len(preds)
-
-
-def ms_per_sample(extractor: Any, texts: list[str], sentiments: list[str], batch_size: int, repeats: int = 1) -> float:
-    """Milliseconds per sample of ``extractor.extract`` at ``batch_size``: best of ``repeats`` runs after a warm-up.
-
-    The minimum, as ``timeit`` recommends: other load on the machine only ever adds time.
-    """
-    extractor.extract(texts[:batch_size], sentiments[:batch_size], batch_size=batch_size)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        extractor.extract(texts, sentiments, batch_size=batch_size)
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best / len(texts)
-
-
-def measure(
-    path: str, val_path: str, batch_sizes: Sequence[int], latency_rows: int, repeats: int = 1, report: Any = None
-) -> dict:
-    """Every number of one model; ``report(step)`` is called after each step (for a progress bar)."""
-    from sentex.data.tweets import read_tweets
-    from sentex.deploy.export import folder_size
-    from sentex.deploy.format import runtime_of
-    from sentex.deploy.load import load
-
-    report = report or (lambda step: None)
-    table = read_tweets(val_path, require_labels=True)
-    texts, sentiments, golds = table.columns["text"], table.columns["sentiment"], table.columns["selected_text"]
-    base_rss = rss_bytes()
-    reset_peak_rss()
-    start = time.perf_counter()
-    extractor = load(path)
-    members = (extractor.info.get("ensemble") or {}).get("members")
-    row: dict[str, Any] = {
-        "model": Path(path).name + (f" ({len(members)} members)" if members else ""),
-        "family": extractor.family,
-        "dtype": extractor.info.get("dtype", "?"),
-        "runtime": runtime_of(extractor.info),
-        "size_mb": round(folder_size(Path(path)) / 2**20, 2),
-        "load_s": round(time.perf_counter() - start, 2),
-    }
-    report("load")
-    n = min(latency_rows, len(texts))
-    for bs in batch_sizes:
-        row[f"ms_per_sample_b{bs}"] = round(ms_per_sample(extractor, texts[:n], sentiments[:n], bs, repeats), 3)
-        report(f"batch {bs}")
-    largest = max(batch_sizes)
-    add_speed_columns(row, batch_sizes)
-    preds = extractor.extract(texts, sentiments, batch_size=largest)
-    row["jaccard"] = round(mean_jaccard(preds, golds), 4)
-    row["val_rows"] = len(texts)
-    row["peak_rss_mb"] = round(max(0, peak_rss_bytes() - base_rss) / 2**20, 1)
-    report("jaccard")
-    return row
-
-
-def add_speed_columns(row: dict, batch_sizes: Sequence[int]) -> None:
-    """Throughput at the largest batch and the speed-up over batch 1, from the latency columns."""
-    largest = max(batch_sizes)
-    row[f"throughput_b{largest}"] = round(1000 / row[f"ms_per_sample_b{largest}"], 1)
-    if 1 in batch_sizes and largest > 1:
-        row["batched_speedup"] = round(row["ms_per_sample_b1"] / row[f"ms_per_sample_b{largest}"], 2)
-
-
-def merge_rounds(first: dict, again: dict, batch_sizes: Sequence[int]) -> dict:
-    """Keep the best (lowest) latency, load time and peak memory of two rounds of one model.
-
-    >>> merge_rounds({"ms_per_sample_b1": 4.0, "load_s": 1.0, "jaccard": 0.7},
-    ...              {"ms_per_sample_b1": 2.0, "load_s": 3.0, "jaccard": 0.7}, [1])
-    {'ms_per_sample_b1': 2.0, 'load_s': 1.0, 'jaccard': 0.7, 'throughput_b1': 500.0}
-    """
-    merged = dict(first)
-    for key, value in again.items():
-        if key.startswith("ms_per_sample_b") or key in ("load_s", "peak_rss_mb"):
-            merged[key] = min(merged[key], value)
-    add_speed_columns(merged, batch_sizes)
-    return merged
 
 
 def _child(queue: Any, path: str, args: argparse.Namespace) -> None:
@@ -170,7 +47,8 @@ def _child(queue: Any, path: str, args: argparse.Namespace) -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         step = lambda name: queue.put(("step", name))  # noqa: E731
-        row = measure(path, args.val_path, args.batch_sizes, args.latency_rows, args.repeats, step)
+        sentiment_model = getattr(args, "auto_sentiment", None)
+        row = measure(path, args.val_path, args.batch_sizes, args.latency_rows, args.repeats, step, sentiment_model)
         queue.put(("done", row))
     except SentexError as err:
         queue.put(("error", str(err)))
@@ -276,7 +154,10 @@ def add_relative_columns(rows: list[dict]) -> None:
     for row in rows:
         row["size_vs_first"] = round(row["size_mb"] / ref["size_mb"], 3)
         row["speed_vs_first"] = round(row[thr] / ref[thr], 2)
-        row["jaccard_delta"] = round(row["jaccard"] - ref["jaccard"], 4)
+        for metric in ("jaccard", "accuracy"):  # against the first model scored the same way
+            same = next((r for r in rows if metric in r), None)
+            if metric in row:
+                row[f"{metric}_delta"] = round(row[metric] - same[metric], 4)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -287,7 +168,7 @@ def markdown_table(rows: list[dict]) -> str:
     |---|---|
     | a | 0.7 |
     """
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # a classifier's row has accuracy, not jaccard
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
@@ -307,6 +188,8 @@ def plot(rows: list[dict], batch_sizes: Sequence[int], path: Path) -> bool:
     for row in rows:
         label = f"{row['model']} ({row['dtype']}{', ONNX' if row.get('runtime') == 'onnx' else ''})"
         left.plot(batch_sizes, [row[f"ms_per_sample_b{b}"] for b in batch_sizes], marker="o", label=label)
+        if "jaccard" not in row:  # a classifier: no Jaccard to place it by
+            continue
         right.scatter(row[f"throughput_b{largest}"], row["jaccard"], s=60)
         right.annotate(label, (row[f"throughput_b{largest}"], row["jaccard"]), fontsize=8, xytext=(4, 4),
                        textcoords="offset points")  # fmt: skip
@@ -328,6 +211,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("models", nargs="+", help="exported folders and/or .ckpt files; the first is the reference")
     parser.add_argument("--data.val_path", dest="val_path", required=True, help="labelled validation CSV")
+    parser.add_argument(
+        "--sentiment_model",
+        default=None,
+        help="sentiment classifier (folder or .ckpt): each extractor is also measured given no sentiment",
+    )
     parser.add_argument("--out", default="bench_results", help="folder for bench.csv, bench.md, bench.png")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--latency_rows", type=int, default=128, help="rows timed at each batch size (default 128)")
@@ -354,23 +242,45 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     Interleaving (A B A B, not A A B B) spreads load from other processes over all models alike.
     """
     steps = 2 + len(args.batch_sizes)
+    jobs = measurements(args.models, args.sentiment_model)
     rows: list[dict] = []
     with Progress(console=Console(stderr=True), transient=True) as progress:  # stdout: the table only
-        task = progress.add_task("bench", total=steps * len(args.models) * args.rounds)
+        task = progress.add_task("bench", total=steps * len(jobs) * args.rounds)
         for round_index in range(args.rounds):
-            for i, path in enumerate(args.models):
-                name = Path(path).name
+            for i, (path, auto) in enumerate(jobs):
+                name = Path(path).name + (" + auto sentiment" if auto else "")
                 progress.update(task, description=f"{name}: load")
 
                 def advance(step: str, name: str = name) -> None:
                     progress.update(task, advance=1, description=f"{name}: {step}")
 
-                row = run_isolated(path, args, advance)
+                row = run_isolated(path, argparse.Namespace(**{**vars(args), "auto_sentiment": auto}), advance)
                 if round_index == 0:
                     rows.append(row)
                 else:
                     rows[i] = merge_rounds(rows[i], row, args.batch_sizes)
     return rows
+
+
+def measurements(models: Sequence[str], sentiment_model: str | None) -> list[tuple[str, str | None]]:
+    """``(model, sentiment model or None)`` pairs to measure: each model, and each extractor again with
+    ``sentiment_model`` choosing its sentiments (right after it, so the two rows sit together)."""
+    jobs: list[tuple[str, str | None]] = []
+    for path in models:
+        jobs.append((path, None))
+        if sentiment_model and model_family(path) != "classifier":
+            jobs.append((path, sentiment_model))
+    return jobs
+
+
+def model_family(path: str) -> str:
+    """The family an exported folder's manifest or a checkpoint names, read without building the model."""
+    from sentex.deploy.format import read_manifest
+    from sentex.deploy.load import family_of, read_sentex_checkpoint
+
+    if Path(path).is_dir():
+        return read_manifest(Path(path))["family"]
+    return family_of(read_sentex_checkpoint(Path(path)), Path(path))[0]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -379,15 +289,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = parse_args(argv or [])
     read_tweets(args.val_path, require_labels=True)  # fail on a bad CSV before starting any model
-    for path in args.models:
+    for path in [*args.models, *([args.sentiment_model] if args.sentiment_model else [])]:
         if not Path(path).exists():
             raise SentexError(f"{path}: no such exported model folder or checkpoint")
+    if args.sentiment_model and model_family(args.sentiment_model) != "classifier":
+        raise SentexError(f"--sentiment_model {args.sentiment_model}: not a sentiment classifier export or checkpoint")
     rows = run_all(args)
     add_relative_columns(rows)
     out = Path(args.out)
     table = markdown_table(rows)
     print(table)
-    write_csv(out / "bench.csv", list(rows[0]), rows)
+    write_csv(out / "bench.csv", list(dict.fromkeys(c for r in rows for c in r)), rows)
     with atomic_path(out / "bench.md") as tmp:
         tmp.write_text(table + "\n", encoding="utf-8")
     drawn = plot(rows, args.batch_sizes, out / "bench.png")

@@ -52,6 +52,7 @@ from sentex.deploy.onnx_runtime import import_optional
 from sentex.errors import SentexError
 from sentex.io.atomic import make_ordinary, replace_folder
 from sentex.models.base import ExtractorModule
+from sentex.models.components.causal_lm import forget_gguf
 from sentex.version import __version__
 
 
@@ -60,7 +61,7 @@ def merged_network(module: ExtractorModule) -> tuple[nn.Module, dict[str, Any] |
     network = module.net.encoder if module.family == "span" else module.net
     peft_config = getattr(network, "peft_config", None)
     if not peft_config:
-        return network, None
+        return forget_gguf(network), None
     cfg = peft_config["default"]
     lora = {
         "r": cfg.r,
@@ -69,7 +70,9 @@ def merged_network(module: ExtractorModule) -> tuple[nn.Module, dict[str, Any] |
         "target_modules": sorted(cfg.target_modules),
         "merged": True,
     }
-    return network.merge_and_unload(), lora
+    # A model read from a GGUF file (the packaged SmolLM2) holds plain float32 weights by now; without its
+    # GGUF record ``save_pretrained`` writes them like any other.
+    return forget_gguf(network.merge_and_unload()), lora
 
 
 def build_manifest(
@@ -200,7 +203,7 @@ def export(
     if out.exists() and not overwrite:
         raise SentexError(f"{out} already exists; pass --overwrite to replace it")
     # Every member is held at once: checked before anything is written (the loaded ensemble holds them all too).
-    loaded = [(*module_from_checkpoint(path), path) for path in paths]
+    loaded = [(*module_from_checkpoint(path, full_precision=True), path) for path in paths]
     for module, _, path in loaded:
         if runtime == "onnx" and module.family not in ONNX_FAMILIES:
             raise SentexError(f"{path}: a {module.family} checkpoint; --format onnx exports span models only")

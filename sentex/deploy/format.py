@@ -4,7 +4,7 @@ Layout of a folder written by ``sentex export``::
 
     sentex.json              manifest: family, base model, LoRA, settings, metrics, dtype, version
     README.md                model card
-    config.json              transformers config (encoder for span, full model for seq2seq)
+    config.json              transformers config (encoder for span, the full model for the other families)
     model.safetensors        fp32 / fp16 / bf16 weights (plain ``from_pretrained`` loads them)
     model.int8.safetensors   int8 weights instead, for dtype int8 (see :mod:`sentex.deploy.quant.int8`)
     model.int4.safetensors   4-bit weights instead, for dtype int4 (see :mod:`sentex.deploy.quant.int4`)
@@ -55,7 +55,9 @@ MANIFEST = "sentex.json"
 CARD = "README.md"
 FLOAT_WEIGHTS = "model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
-FAMILIES = ("span", "seq2seq")
+FAMILIES = ("span", "seq2seq", "causal", "classifier")
+# Families whose model answers with a phrase (the classifier answers with a label).
+EXTRACTION_FAMILIES = ("span", "seq2seq", "causal")
 # Ensembles: where the members live, and how their answers are combined (the only way there is).
 MEMBERS_DIR = "members"
 ENSEMBLE_COMBINE = "mean span probability"
@@ -63,7 +65,14 @@ ENSEMBLE_FAMILIES = ("span",)
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Per model family: module names (last component) kept in float32 when quantizing. T5's
 # feed-forward output projections overflow otherwise (https://github.com/huggingface/transformers/issues/20287).
-KEEP_FP32: dict[str, tuple[str, ...]] = {"seq2seq": ("wo",), "span": ()}
+# A classifier's head is a few thousand weights that decide every answer: kept exact. A causal LM's
+# output projection shares its weight with the token embeddings in small chat models (SmolLM2, Llama 3.2).
+KEEP_FP32: dict[str, tuple[str, ...]] = {
+    "seq2seq": ("wo",),
+    "span": (),
+    "causal": ("lm_head",),
+    "classifier": ("classifier", "score"),
+}
 
 
 def _load_int8(model: nn.Module, path: Path, keep: Sequence[str]) -> nn.Module:

@@ -25,7 +25,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from sentex.data.tweets import SENTIMENTS
 from sentex.deploy.format import (
@@ -40,9 +47,14 @@ from sentex.deploy.format import (
     weights_file,
 )
 from sentex.deploy.onnx_runtime import onnx_span_network
+from sentex.deploy.sentiment import Classifier, check_sentiment_classifier, fill_sentiments
 from sentex.errors import CheckpointError, SentexError
 from sentex.io.checkpoints import first_line, read_checkpoint
 from sentex.models.base import ExtractorModule
+from sentex.models.causal import CausalExtractor
+from sentex.models.classifier import SentimentClassifier
+from sentex.models.components.causal_codec import CausalCodec
+from sentex.models.components.classifier_codec import ClassifierCodec
 from sentex.models.components.pipeline import InferencePipeline
 from sentex.models.components.seq2seq_codec import Seq2SeqCodec
 from sentex.models.components.span_codec import SpanCodec
@@ -52,7 +64,14 @@ from sentex.models.seq2seq import Seq2SeqExtractor
 from sentex.models.span import SpanExtractor
 
 # Checkpoint family → the LightningModule that rebuilds it.
-FAMILIES: dict[str, type[ExtractorModule]] = {"span": SpanExtractor, "seq2seq": Seq2SeqExtractor}
+FAMILIES: dict[str, type[ExtractorModule]] = {
+    "span": SpanExtractor,
+    "seq2seq": Seq2SeqExtractor,
+    "causal": CausalExtractor,
+    "classifier": SentimentClassifier,
+}
+# Generative families: transformers' model class of their exports, and their codec.
+GENERATIVE = {"seq2seq": (AutoModelForSeq2SeqLM, Seq2SeqCodec), "causal": (AutoModelForCausalLM, CausalCodec)}
 
 
 class Extractor:
@@ -64,15 +83,22 @@ class Extractor:
         info: the export manifest (``sentex.json``); for a checkpoint, a minimal one.
     """
 
-    def __init__(self, pipeline: InferencePipeline, family: str, info: dict[str, Any]) -> None:
+    def __init__(
+        self, pipeline: InferencePipeline, family: str, info: dict[str, Any], sentiment_model: Classifier | None = None
+    ) -> None:
         self.pipeline = pipeline.eval()
         self.family = family
         self.info = info
+        self.sentiment_model = sentiment_model
         # Per-call generation settings are set on the shared runner; a web app may call from several threads.
         self._lock = threading.Lock()
 
     def extract(
-        self, texts: Sequence[str], sentiments: Sequence[str], batch_size: int = 16, **generation: Any
+        self,
+        texts: Sequence[str],
+        sentiments: Sequence[str | None] | None = None,
+        batch_size: int = 16,
+        **generation: Any,
     ) -> list[str]:
         """Predict the phrase for each ``(text, sentiment)``.
 
@@ -80,19 +106,41 @@ class Extractor:
 
         Args:
             texts: tweets.
-            sentiments: ``negative``, ``neutral`` or ``positive``, one per tweet.
+            sentiments: ``negative``, ``neutral`` or ``positive``, one per tweet. With a sentiment model
+                (``load(..., sentiment_model=...)``) it may be left out, or hold ``None``/``""``/``"auto"``
+                for rows whose sentiment the classifier should predict.
             batch_size: rows per forward pass.
-            **generation: ``generate`` settings for seq2seq models (``num_beams``, ``max_new_tokens``, ...).
+            **generation: ``generate`` settings for generative models (``num_beams``, ``max_new_tokens``, ...).
 
         Raises:
-            SentexError: mismatched lengths, an unknown sentiment, or generation settings for a span model.
+            SentexError: mismatched lengths, a missing sentiment and no sentiment model, an unknown
+                sentiment, or generation settings for a span model.
         """
-        check_inputs(texts, sentiments, batch_size)
-        if generation and self.family != "seq2seq":
+        sentiments = self.sentiments_for(texts, sentiments, batch_size)
+        if generation and self.family not in GENERATIVE:
             raise SentexError(f"a {self.family} model takes no generation settings (got {', '.join(generation)})")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with self._lock:
             return self._extract_locked(texts, sentiments, batch_size, order, generation)
+
+    def sentiments_for(
+        self, texts: Sequence[str], sentiments: Sequence[str | None] | None, batch_size: int = 16
+    ) -> list[str]:
+        """The sentiment of each row: as given, or the sentiment model's where missing; checked.
+
+        Raises:
+            SentexError: mismatched lengths, a text that is not a string, a missing sentiment without a
+                sentiment model, or an unknown sentiment.
+        """
+        if sentiments is not None and len(texts) != len(sentiments):
+            raise SentexError(f"got {len(texts)} texts but {len(sentiments)} sentiments")
+        check_texts(texts, batch_size)
+        filled = fill_sentiments(texts, sentiments, self.sentiment_model, batch_size)
+        for i, sentiment in enumerate(filled):
+            if sentiment not in SENTIMENTS:
+                hint = "" if sentiment else " (no sentiment: load the extractor with a sentiment model to predict it)"
+                raise SentexError(f"row {i}: sentiment {sentiment!r} is not one of {', '.join(SENTIMENTS)}{hint}")
+        return filled
 
     def _extract_locked(
         self, texts: Sequence[str], sentiments: Sequence[str], batch_size: int, order: list[int], generation: dict
@@ -115,26 +163,44 @@ class Extractor:
         return out
 
 
-def check_inputs(texts: Sequence[str], sentiments: Sequence[str], batch_size: int) -> None:
-    """Raise :class:`SentexError` naming the first bad argument or row."""
-    if len(texts) != len(sentiments):
-        raise SentexError(f"got {len(texts)} texts but {len(sentiments)} sentiments")
+def check_texts(texts: Sequence[str], batch_size: int) -> None:
+    """Raise :class:`SentexError` naming a bad batch size or the first text that is not a string."""
     if batch_size < 1:
         raise SentexError(f"batch_size must be at least 1, got {batch_size}")
-    for i, (text, sentiment) in enumerate(zip(texts, sentiments)):
+    for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise SentexError(f"row {i}: text must be a string, got {type(text).__name__}")
-        if sentiment not in SENTIMENTS:
-            raise SentexError(f"row {i}: sentiment {sentiment!r} is not one of {', '.join(SENTIMENTS)}")
 
 
-def load(path: str | Path) -> Extractor:
+def load(path: str | Path, sentiment_model: str | Path | Classifier | None = None) -> Extractor | Classifier:
     """Load an exported folder (with ``sentex.json``) or a sentex ``.ckpt`` for inference on CPU.
+
+    Args:
+        path: the model: an extractor (span, seq2seq, causal) or a sentiment classifier.
+        sentiment_model: a classifier (folder, checkpoint or loaded) that predicts the sentiment of
+            rows given without one; only for an extractor.
+
+    Returns:
+        An :class:`Extractor`, or a :class:`~sentex.deploy.sentiment.Classifier` for a classifier.
 
     Raises:
         CheckpointError: the path is missing, or not a readable sentex checkpoint/export.
+        SentexError: a sentiment model that is not a tweet-sentiment classifier, or one given to a classifier.
     """
-    path = Path(path)
+    model = load_model(Path(path))
+    if sentiment_model is None:
+        return model
+    if not isinstance(model, Extractor):
+        raise SentexError(f"{path}: a sentiment model goes with an extractor, and this is a {model.family} model")
+    classifier = sentiment_model
+    if not isinstance(classifier, Classifier):
+        classifier = load_model(Path(sentiment_model))
+    model.sentiment_model = check_sentiment_classifier(classifier, str(sentiment_model))
+    return model
+
+
+def load_model(path: Path) -> Extractor | Classifier:
+    """The model of a folder or checkpoint, without a sentiment model."""
     if path.is_dir():
         return load_folder(path)
     if path.is_file():
@@ -159,15 +225,22 @@ def family_of(ckpt: dict[str, Any], path: Path) -> tuple[str, type[ExtractorModu
     return family, FAMILIES[family]
 
 
-def module_from_checkpoint(path: str | Path) -> tuple[ExtractorModule, dict[str, Any]]:
-    """Rebuild the LightningModule of a checkpoint; returns it (eval mode, CPU) and the raw checkpoint."""
+def module_from_checkpoint(path: str | Path, full_precision: bool = False) -> tuple[ExtractorModule, dict[str, Any]]:
+    """Rebuild the LightningModule of a checkpoint; returns it (eval mode, CPU) and the raw checkpoint.
+
+    Args:
+        path: the checkpoint.
+        full_precision: rebuild a QLoRA model on a float32 base instead of its 4-bit one (an export
+            merges LoRA into full-precision weights; the adapters are the same either way).
+    """
     path = Path(path)
     ckpt = read_sentex_checkpoint(path)
     _, cls = family_of(ckpt, path)
+    overrides = {"quantize_base": None} if full_precision and ckpt["hyper_parameters"].get("quantize_base") else {}
     with warnings.catch_warnings():
         # By design a checkpoint lacks the frozen base weights; Lightning warns about each one.
         warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in")
-        module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     return module.eval(), ckpt
 
 
@@ -180,8 +253,8 @@ def checkpoint_metrics(ckpt: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def load_checkpoint(path: Path) -> Extractor:
-    """An extractor over the (un-merged) model of a sentex checkpoint."""
+def load_checkpoint(path: Path) -> Extractor | Classifier:
+    """An extractor (or classifier) over the (un-merged) model of a sentex checkpoint."""
     module, ckpt = module_from_checkpoint(path)
     info = {
         "source": "checkpoint",
@@ -193,6 +266,8 @@ def load_checkpoint(path: Path) -> Extractor:
         "metrics": checkpoint_metrics(ckpt),
         "sentex_version": ckpt["sentex"].get("version"),
     }
+    if module.family == "classifier":
+        return Classifier(module.net, module.codec, info)
     return Extractor(InferencePipeline(module.net, module.codec), module.family, info)
 
 
@@ -238,8 +313,8 @@ def folder_span_network(folder: Path, manifest: dict[str, Any]) -> nn.Module:
     return span_network(folder, manifest["dtype"])
 
 
-def load_folder(folder: Path) -> Extractor:
-    """An extractor over an exported model folder (a single model or an ensemble of span models)."""
+def load_folder(folder: Path) -> Extractor | Classifier:
+    """An extractor over an exported model folder (a single model or an ensemble of span models), or a classifier."""
     manifest = read_manifest(folder)
     family, dtype, settings = manifest["family"], manifest["dtype"], manifest["settings"]
     members = ensemble_members(folder, manifest)
@@ -251,9 +326,12 @@ def load_folder(folder: Path) -> Extractor:
             )
         elif family == "span":
             pipeline = InferencePipeline(folder_span_network(folder, manifest), SpanCodec(tokenizer, **settings))
+        elif family == "classifier":
+            model = load_network(folder, AutoModelForSequenceClassification, family, dtype)
+            return Classifier(model, ClassifierCodec(tokenizer, **settings), manifest)
         else:
-            model = load_network(folder, AutoModelForSeq2SeqLM, family, dtype)
-            pipeline = InferencePipeline(model, Seq2SeqCodec(tokenizer, **settings))
+            auto_class, codec = GENERATIVE[family]
+            pipeline = InferencePipeline(load_network(folder, auto_class, family, dtype), codec(tokenizer, **settings))
     except (OSError, RuntimeError, KeyError, TypeError, ValueError) as err:  # TypeError: unknown settings
         raise CheckpointError(f"{folder}: incomplete or corrupt export: {first_line(err)}") from None
     return Extractor(pipeline, family, manifest)

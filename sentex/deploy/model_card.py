@@ -17,12 +17,28 @@ def _metrics_lines(metrics: dict[str, float]) -> list[str]:
     return ["| metric | value |", "|---|---|", *(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))]
 
 
+# How each family is called once loaded, and which transformers class reads a float export's weights.
+USAGE = {
+    "classifier": ('clf.classify(["my phone died again, worst day"])', "AutoModelForSequenceClassification"),
+    "causal": ('ex.extract(["my phone died again, worst day"], ["negative"])', "AutoModelForCausalLM"),
+    "seq2seq": ('ex.extract(["my phone died again, worst day"], ["negative"])', "AutoModelForSeq2SeqLM"),
+}
+PROMPT_NOTE = {
+    "classifier": "the label names, in output order, and the truncation are `settings` in `sentex.json`.",
+    "causal": "prompt it with the chat template and `settings.instruction` from `sentex.json`.",
+    "seq2seq": "prompt it with `settings.prompt_template` from `sentex.json`.",
+}
+
+
 def _how_to_load(manifest: dict[str, Any]) -> list[str]:
+    family = manifest["family"]
+    name = "clf" if family == "classifier" else "ex"
+    call = USAGE.get(family, ('ex.extract(["my phone died again, worst day"], ["negative"])', ""))[0]
     lines = [
         "```python",
         "import sentex.deploy.load as si",
-        'ex = si.load("path/to/this/folder")',
-        'ex.extract(["my phone died again, worst day"], ["negative"])',
+        f'{name} = si.load("path/to/this/folder")',
+        call,
         "```",
         "",
     ]
@@ -41,8 +57,8 @@ def _how_to_load(manifest: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(
-            "LoRA is merged, so `transformers.AutoModelForSeq2SeqLM.from_pretrained(folder)` loads the whole model; "
-            "prompt it with `settings.prompt_template` from `sentex.json`."
+            f"LoRA is merged, so `transformers.{USAGE[family][1]}.from_pretrained(folder)` loads the whole model; "
+            f"{PROMPT_NOTE[family]}"
         )
     return lines
 
@@ -64,25 +80,40 @@ def _title_dtype(manifest: dict[str, Any]) -> str:
     return f"{manifest['dtype']}, ONNX Runtime" if manifest.get("runtime") == "onnx" else manifest["dtype"]
 
 
+WHAT = {
+    "span": "picks the start and end token of the phrase in the tweet, so every answer is an exact substring",
+    "seq2seq": "generates the phrase from a prompt; answers are mapped back onto the tweet's spelling where possible",
+    "causal": "writes the phrase as its chat reply; a reply that is not in the tweet is mapped onto its closest "
+    "substring",
+}
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     """Markdown model card: what the model does, how to load it, its metrics and limitations."""
     family = manifest["family"]
-    what = (
-        "picks the start and end token of the phrase in the tweet, so every answer is an exact substring"
-        if family == "span"
-        else "generates the phrase from a prompt; answers are mapped back onto the tweet's spelling where possible"
-    )
+    what = WHAT.get(family, WHAT["seq2seq"])
     lora = manifest.get("lora")
     lora_line = (
         f"LoRA r={lora['r']}, alpha={lora['alpha']} on {', '.join(lora['target_modules'])}, merged into the base."
         if lora
         else "Fully fine-tuned (no LoRA)."
     )
+    if family == "classifier":
+        labels = ", ".join((manifest.get("settings") or {}).get("labels") or [])
+        title, intro = (
+            "sentiment classifier",
+            f"Given a text, returns its class ({labels}) and the class probabilities.",
+        )
+    else:
+        title = f"{family} extractor"
+        intro = (
+            "Given a tweet and its sentiment (negative, neutral, positive), returns the phrase that carries the "
+            f"sentiment. This {family} model {what}."
+        )
     lines = [
-        f"# sentex {family} extractor ({_title_dtype(manifest)})",
+        f"# sentex {title} ({_title_dtype(manifest)})",
         "",
-        f"Given a tweet and its sentiment (negative, neutral, positive), returns the phrase that carries the "
-        f"sentiment. This {family} model {what}.",
+        intro,
         "",
         f"- Base model: `{manifest.get('base_model')}`",
         f"- {lora_line}",
