@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sentex.app import logic
+from sentex.app import csvfiles, logic
 from sentex.app.launcher import build_parser, check_launch, streamlit_command
 from sentex.errors import DataError, SentexError
 from sentex.metrics import jaccard
@@ -87,16 +87,21 @@ def test_generation_settings_drop_sampling_knobs_unless_sampling() -> None:
 
 def test_extract_one_times_the_call_and_rejects_bad_input() -> None:
     model = FirstWord()
-    phrase, ms = logic.extract_one(model, "hello there", "positive")
+    phrase, ms, choice = logic.extract_one(model, "hello there", "positive")
     assert phrase == "hello" and ms >= 0 and model.calls == [1]
+    assert choice == logic.SentimentChoice("positive") and choice.caption() == "sentiment: positive"
     with pytest.raises(DataError, match="empty"):
         logic.extract_one(model, "   ", "positive")
     with pytest.raises(DataError, match="unknown sentiment 'happy'"):
         logic.extract_one(model, "hi", "happy")
+    # Without a sentiment model "auto" is not offered, and asking for it anyway says how to get one.
+    assert logic.sentiment_options(model) == ("negative", "neutral", "positive")
+    with pytest.raises(DataError, match="no sentiment given; pick one, or start the app with --sentiment_model"):
+        logic.extract_one(model, "hi", "auto")
 
 
 def test_batch_scores_each_row_and_reports_progress() -> None:
-    table = logic.read_upload("mine.csv", csv_bytes(TWEETS))
+    table = csvfiles.read_upload("mine.csv", csv_bytes(TWEETS))
     model, seen = FirstWord(), []
     result = logic.run_batch(model, table, batch_size=3, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(3, 8), (6, 8), (8, 8)] and model.calls == [3, 3, 2]
@@ -116,7 +121,7 @@ def test_batch_scores_each_row_and_reports_progress() -> None:
 
 def test_batch_without_labels_has_no_scores() -> None:
     data = csv_bytes([(t[0], t[1], t[3]) for t in TWEETS], header=("textID", "text", "sentiment"))
-    result = logic.run_batch(FirstWord(), logic.read_upload("test.csv", data))
+    result = logic.run_batch(FirstWord(), csvfiles.read_upload("test.csv", data))
     assert result.mean_jaccard is None and result.jaccard_by_sentiment() == {} and result.notes() == []
     assert list(csv.DictReader(io.StringIO(logic.results_csv(result).decode())))[0].keys() == {
         "textID",
@@ -145,7 +150,7 @@ def test_batch_notes_name_dropped_and_empty_rows() -> None:
 )
 def test_bad_uploads_name_the_upload_not_the_temp_file(data: bytes, message: str) -> None:
     with pytest.raises(DataError) as err:
-        logic.read_upload("up.csv", data)
+        csvfiles.read_upload("up.csv", data)
     assert str(err.value).startswith(message)
     assert "sentex-upload-" not in str(err.value)
 

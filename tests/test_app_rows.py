@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sentex.app import logic
+from sentex.app import csvfiles, logic
 from sentex.cli import main as cli_main
 from sentex.data import TweetDataModule
 from sentex.data.tweets import read_for_scoring, read_tweets, skip_reason
@@ -64,7 +64,7 @@ def test_app_upload_and_sentex_test_data_score_the_same_rows(tmp_path: Path) -> 
     dm.setup("test")
     test_rows = dm.datasets["test"]
     # The app: the upload's bytes, then a batch over them.
-    table = logic.read_upload("labelled.csv", path.read_bytes())
+    table = csvfiles.read_upload("labelled.csv", path.read_bytes())
     result = logic.run_batch(FirstWord(), table, batch_size=4)
 
     assert list(test_rows["textID"]) == [r["textID"] for r in result.rows] == SCORED_IDS
@@ -83,7 +83,7 @@ def test_unlabelled_upload_keeps_every_row_as_predict_does(tmp_path: Path) -> No
     table = read_for_scoring(path)
     assert table.columns["textID"] == [r[0] for r in ROWS] and table.skipped == {} and not table.has_labels
     assert table.columns == read_tweets(path, require_labels=False).columns
-    result = logic.run_batch(FirstWord(), logic.read_upload("test.csv", path.read_bytes()))
+    result = logic.run_batch(FirstWord(), csvfiles.read_upload("test.csv", path.read_bytes()))
     assert [r["textID"] for r in result.rows] == [r[0] for r in ROWS] and result.mean_jaccard is None
     assert result.notes() == ["2 row(s) with empty text kept; their prediction is empty"]
 
@@ -105,7 +105,7 @@ def test_real_sentex_test_and_the_app_agree_row_by_row(tmp_path: Path) -> None:
     )  # fmt: skip
     with open(tmp_path / "test_predictions.csv", encoding="utf-8", newline="") as f:
         report = list(csv.DictReader(f))
-    result = logic.run_batch(load(folder), logic.read_upload("labelled.csv", path.read_bytes()), batch_size=4)
+    result = logic.run_batch(load(folder), csvfiles.read_upload("labelled.csv", path.read_bytes()), batch_size=4)
 
     assert [r["textID"] for r in report] == [r["textID"] for r in result.rows] == SCORED_IDS
     assert [r["prediction"] for r in report] == [r["prediction"] for r in result.rows]

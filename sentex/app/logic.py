@@ -2,27 +2,30 @@
 
 The page (``sentex/app/streamlit_app.py``) only lays out widgets and calls these functions: choosing the
 model, highlighting the phrase in the tweet, checking an uploaded CSV, running a batch with a
-progress callback, scoring it, and turning results into downloadable CSV bytes.
+progress callback, scoring it, and turning results into downloadable CSV bytes. An extractor loaded
+with a sentiment model (``sentex app --sentiment_model``) also takes tweets without a sentiment
+(``"auto"``, an empty value or no ``sentiment`` column): the classifier's label is used and shown.
+A classifier served as the model has its own page logic, :mod:`sentex.app.classify`.
 """
 
 from __future__ import annotations
 
-import csv
 import html
-import io
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sentex.data.tweets import SENTIMENTS, TweetTable, read_for_scoring
+from sentex.app.csvfiles import SENTIMENT_HINT, csv_bytes
+from sentex.data.tweets import SENTIMENTS, TweetTable
+from sentex.deploy.sentiment import AUTO, missing_sentiment
 from sentex.errors import DataError
 from sentex.metrics import jaccard
 
 MODEL_ENV = "SENTEX_MODEL"
+SENTIMENT_MODEL_ENV = "SENTEX_SENTIMENT_MODEL"
 QUICKSTART_COMMAND = "sentex fit --config configs/quickstart.yaml"
 MARK_OPEN = '<mark class="sentex-phrase" style="background:#ffd54f;padding:0 3px;border-radius:3px">'
 
@@ -63,6 +66,22 @@ def resolve_model(cli_model: str | None, env: Mapping[str, str] | None = None, r
     if chosen:
         return Path(chosen).expanduser()
     return find_quickstart_checkpoint(root)
+
+
+def resolve_sentiment_model(cli_value: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The classifier that fills in missing sentiments: ``--sentiment_model``, else ``$SENTEX_SENTIMENT_MODEL``.
+
+    >>> resolve_sentiment_model(None, env={}) is None, resolve_sentiment_model(None, env={SENTIMENT_MODEL_ENV: "c"})
+    (True, PosixPath('c'))
+    """
+    env = os.environ if env is None else env
+    chosen = cli_value or env.get(SENTIMENT_MODEL_ENV)
+    return Path(chosen).expanduser() if chosen else None
+
+
+def sentiment_options(extractor: Extractor) -> tuple[str, ...]:
+    """The page's sentiment choices: ``auto`` first (the default) when a sentiment model can fill it in."""
+    return (AUTO, *SENTIMENTS) if getattr(extractor, "sentiment_model", None) is not None else SENTIMENTS
 
 
 def no_model_message() -> str:
@@ -169,15 +188,55 @@ def highlight_html(text: str, phrase: str) -> str:
     return html.escape(text[:start]) + f"{MARK_OPEN}{html.escape(text[start:end])}</mark>" + html.escape(text[end:])
 
 
-def extract_one(extractor: Extractor, text: str, sentiment: str, **generation: Any) -> tuple[str, float]:
-    """The phrase for one tweet and the wall-clock latency in milliseconds."""
+@dataclass(frozen=True)
+class SentimentChoice:
+    """The sentiment a tweet is extracted with: the user's, or the sentiment model's (``auto``) with its probability."""
+
+    sentiment: str
+    auto: bool = False
+    probability: float | None = None
+
+    def caption(self) -> str:
+        """What the page shows under the phrase.
+
+        >>> SentimentChoice("negative", True, 0.912).caption(), SentimentChoice("positive").caption()
+        ('sentiment: negative (auto, p=0.91)', 'sentiment: positive')
+        """
+        if not self.auto:
+            return f"sentiment: {self.sentiment}"
+        return f"sentiment: {self.sentiment} (auto, p={self.probability:.2f})"
+
+
+def choose_sentiment(extractor: Extractor, text: str, sentiment: str | None) -> SentimentChoice:
+    """The sentiment to extract ``text`` with: ``sentiment`` itself, or, when it is missing (``auto``, empty),
+    the one the extractor's sentiment model gives (``Extractor.sentiments_for``) with its probability.
+
+    Raises:
+        DataError: an unknown sentiment, or a missing one without a sentiment model.
+    """
+    if not missing_sentiment(sentiment):
+        if sentiment not in SENTIMENTS:
+            raise DataError(f"unknown sentiment {sentiment!r} (expected one of {', '.join(SENTIMENTS)})")
+        return SentimentChoice(sentiment)
+    classifier = getattr(extractor, "sentiment_model", None)
+    if classifier is None:
+        raise DataError(f"no sentiment given; pick one, or {SENTIMENT_HINT}")
+    label = extractor.sentiments_for([text], [AUTO], batch_size=1)[0]
+    probability = float(classifier.predict_proba([text], batch_size=1)[0, classifier.labels.index(label)])
+    return SentimentChoice(label, True, probability)
+
+
+def extract_one(
+    extractor: Extractor, text: str, sentiment: str | None, **generation: Any
+) -> tuple[str, float, SentimentChoice]:
+    """The phrase for one tweet, the wall-clock latency in milliseconds (sentiment model included) and the
+    sentiment it was extracted with."""
     if not text.strip():
         raise DataError("the tweet is empty; type or load one first")
-    if sentiment not in SENTIMENTS:
-        raise DataError(f"unknown sentiment {sentiment!r} (expected one of {', '.join(SENTIMENTS)})")
     start = time.perf_counter()
-    phrase = extractor.extract([text], [sentiment], batch_size=1, **generation)[0]
-    return phrase, 1000 * (time.perf_counter() - start)
+    choice = choose_sentiment(extractor, text, sentiment)
+    phrase = extractor.extract([text], [choice.sentiment], batch_size=1, **generation)[0]
+    return phrase, 1000 * (time.perf_counter() - start), choice
 
 
 def generation_kwargs(
@@ -204,7 +263,8 @@ class BatchResult:
     """Predictions for an uploaded file, with Jaccard scores when it had ``selected_text``.
 
     ``skipped`` counts the rows the reader left out, by reason (only a labelled file loses rows);
-    ``empty_texts`` the empty tweets kept in an unlabelled one.
+    ``empty_texts`` the empty tweets kept in an unlabelled one. With ``auto_sentiment`` (the extractor
+    has a sentiment model) every row has ``sentiment_predicted``: whether its ``sentiment`` is the model's.
     """
 
     rows: list[dict[str, Any]]
@@ -212,6 +272,12 @@ class BatchResult:
     skipped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     empty_texts: int = 0
+    auto_sentiment: bool = False
+
+    @property
+    def predicted_sentiments(self) -> int:
+        """How many rows got their sentiment from the sentiment model."""
+        return sum(bool(r.get("sentiment_predicted")) for r in self.rows)
 
     def notes(self) -> list[str]:
         """Warnings worth showing next to the results (rows dropped or kept empty by the CSV reader)."""
@@ -237,31 +303,6 @@ class BatchResult:
         return {s: sum(v) / len(v) for s, v in sorted(groups.items())}
 
 
-def read_upload(name: str, data: bytes) -> TweetTable:
-    """Check an uploaded Kaggle-format CSV with the same rules as ``sentex test`` or ``sentex predict``.
-
-    One row policy for every labelled file (:func:`sentex.data.tweets.read_for_scoring`): with a
-    ``selected_text`` column, rows ``sentex test`` skips (empty text, empty phrase, phrase not in the tweet) are
-    skipped and counted here too, so the page's Jaccard is over the same rows as ``sentex test``'s;
-    without it, every row is kept, as by ``sentex predict``.
-
-    The reader works on paths, so the bytes go to a temporary file; error messages name the
-    upload, not the temporary file.
-
-    Raises:
-        DataError: wrong columns, bad encoding, empty file, bad rows (one message, all problems).
-    """
-    with tempfile.TemporaryDirectory(prefix="sentex-upload-") as folder:
-        path = Path(folder) / "upload.csv"
-        path.write_bytes(data)
-        try:
-            table = read_for_scoring(path)
-        except DataError as err:
-            raise DataError(str(err).replace(str(path), name)) from None
-    table.path = name
-    return table
-
-
 def run_batch(
     extractor: Extractor,
     table: TweetTable,
@@ -269,48 +310,49 @@ def run_batch(
     progress: Callable[[int, int], None] | None = None,
     **generation: Any,
 ) -> BatchResult:
-    """Extract a phrase for every row, reporting ``progress(done, total)`` after each chunk."""
+    """Extract a phrase for every row, reporting ``progress(done, total)`` after each chunk.
+
+    Rows without a sentiment get the extractor's sentiment model's (``Extractor.sentiments_for``), which
+    the rows then show, marked ``sentiment_predicted``.
+    """
     cols = table.columns
     total = len(table)
+    auto = getattr(extractor, "sentiment_model", None) is not None
     preds: list[str] = []
+    sentiments: list[str] = []
     start = time.perf_counter()
     for lo in range(0, total, batch_size):
         hi = min(lo + batch_size, total)
-        preds.extend(extractor.extract(cols["text"][lo:hi], cols["sentiment"][lo:hi], batch_size, **generation))
+        texts, given = cols["text"][lo:hi], cols["sentiment"][lo:hi]
+        if auto and any(map(missing_sentiment, given)):
+            given = extractor.sentiments_for(texts, given, batch_size)
+        sentiments.extend(given)
+        preds.extend(extractor.extract(texts, given, batch_size, **generation))
         if progress is not None:
             progress(hi, total)
     rows = []
     for i, pred in enumerate(preds):
-        row = {
-            "textID": cols["textID"][i],
-            "text": cols["text"][i],
-            "sentiment": cols["sentiment"][i],
-            "prediction": pred,
-        }
+        row = {"textID": cols["textID"][i], "text": cols["text"][i], "sentiment": sentiments[i], "prediction": pred}
+        if auto:
+            row["sentiment_predicted"] = missing_sentiment(cols["sentiment"][i])
         if table.has_labels:
             gold = cols["selected_text"][i]
             row.update(selected_text=gold, jaccard=jaccard(pred, gold))
         rows.append(row)
     seconds = time.perf_counter() - start
-    return BatchResult(rows, table.has_labels, dict(table.skipped), seconds, table.empty_texts_kept)
-
-
-def _csv_bytes(fieldnames: Sequence[str], rows: list[dict[str, Any]]) -> bytes:
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
+    return BatchResult(rows, table.has_labels, dict(table.skipped), seconds, table.empty_texts_kept, auto)
 
 
 def submission_csv(result: BatchResult) -> bytes:
     """Kaggle submission (``textID,selected_text``) of the predictions, in input order."""
-    return _csv_bytes(
+    return csv_bytes(
         ["textID", "selected_text"], [{"textID": r["textID"], "selected_text": r["prediction"]} for r in result.rows]
     )
 
 
 def results_csv(result: BatchResult) -> bytes:
-    """Every column shown in the page: tweet, sentiment, prediction (and gold phrase, Jaccard)."""
-    names = ["textID", "text", "sentiment", "prediction"] + (["selected_text", "jaccard"] if result.has_labels else [])
-    return _csv_bytes(names, result.rows)
+    """Every column shown in the page: tweet, sentiment (and whether it was predicted), prediction (and gold
+    phrase, Jaccard)."""
+    names = ["textID", "text", "sentiment"] + (["sentiment_predicted"] if result.auto_sentiment else [])
+    names += ["prediction"] + (["selected_text", "jaccard"] if result.has_labels else [])
+    return csv_bytes(names, result.rows)
