@@ -2,13 +2,18 @@
 
     python bench/serve_load.py --model models/sentex-int8                  # starts the server itself
     python bench/serve_load.py --url http://127.0.0.1:8000 --requests 5000  # or targets a running one
+    python bench/serve_load.py --model models/sentex-int8 --sentiment_model models/sentiment --no_sentiment
 
-Each request is one validation tweet (``{"text", "sentiment"}``; the seeded 10% split that training holds out,
-``TweetDataModule(split_seed=42, val_fraction=0.1)``, cycled), sent by ``concurrency`` clients that each send
-their next request as soon as the last one is answered (``httpx.AsyncClient``). A failure is a transport error,
-a status other than 200, or an answer that is not the request's own tweet with a ``selected_text``. Latency is
-the wall time of one request as the client sees it. Then the bad-request checks: malformed JSON, a missing
-field, an unknown sentiment and a 1 MB text must each get a 4xx, and the good request after each must succeed.
+Each request is one validation tweet (``{"text", "sentiment"}``, or ``{"text"}`` with ``--no_sentiment``, which
+measures a server started with ``--sentiment_model``: its sentiment model predicts every request's sentiment;
+the seeded 10% split that training holds out, ``TweetDataModule(split_seed=42, val_fraction=0.1)``, cycled),
+sent by ``concurrency`` clients that each send their next request as soon as the last one is answered
+(``httpx.AsyncClient``). A failure is a transport error, a status other than 200, or an answer that is not the
+request's own tweet with a ``selected_text`` (with a predicted sentiment under ``--no_sentiment``) or, from a
+classifier server, a ``label``. Latency is the wall time of one request as the client sees it. Then the
+bad-request checks: malformed JSON, a missing field, an unknown sentiment and a 1 MB text must each get a 4xx
+(those the server accepts by design are left out: a missing sentiment where it has a sentiment model, both
+sentiment checks for a classifier, as its ``/info`` says), and the good request after each must succeed.
 The output is Markdown (for the README). Only this machine's loopback address is ever sent anything.
 """
 
@@ -40,13 +45,14 @@ BAD_REQUESTS = {
 }
 
 
-def validation_rows(data: str) -> list[dict[str, str]]:
-    """``{"text", "sentiment"}`` of the held-out validation split of a Kaggle-format CSV."""
+def validation_rows(data: str, with_sentiment: bool = True) -> list[dict[str, str]]:
+    """``{"text", "sentiment"}`` (or ``{"text"}``) of the held-out validation split of a Kaggle-format CSV."""
     from sentex.data import TweetDataModule
 
     dm = TweetDataModule(train_path=data, split_seed=42, val_fraction=0.1)
     dm.setup("validate")
-    return [{"text": r["text"], "sentiment": r["sentiment"]} for r in dm.datasets["val"]]
+    keys = ("text", "sentiment") if with_sentiment else ("text",)
+    return [{k: r[k] for k in keys} for r in dm.datasets["val"]]
 
 
 def free_port() -> int:
@@ -129,20 +135,42 @@ async def run_level(url: str, rows: list[dict[str, str]], concurrency: int, tota
 
 
 def is_answer(body: object, row: dict[str, str]) -> bool:
-    """Whether a response body is the answer to ``row``."""
-    return isinstance(body, dict) and body.get("text") == row["text"] and isinstance(body.get("selected_text"), str)
+    """Whether a response body is the answer to ``row``: its phrase (sentiment predicted where none was sent),
+    or a classifier's label."""
+    if not isinstance(body, dict) or body.get("text") != row["text"]:
+        return False
+    if isinstance(body.get("label"), str):
+        return True
+    predicted = "sentiment" in row or body.get("sentiment_source") == "predicted"
+    return isinstance(body.get("selected_text"), str) and predicted
 
 
-def bad_request_checks(url: str) -> list[tuple[str, int, str, int]]:
+def server_model(base: str) -> dict:
+    """The ``model`` part of the server's ``GET /info`` (family, sentiment model), or ``{}``."""
+    try:
+        return httpx.get(f"{base}/info", timeout=10).json().get("model") or {}
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return {}
+
+
+def bad_requests_for(model: dict) -> dict[str, bytes]:
+    """The bad requests this server must refuse (a classifier takes no sentiment; auto sentiment, no missing one)."""
+    accepted = {"classifier": ("missing `sentiment`", "unknown sentiment")}.get(model.get("family"), ())
+    if model.get("sentiment_model"):
+        accepted = ("missing `sentiment`",)
+    return {name: body for name, body in BAD_REQUESTS.items() if name not in accepted}
+
+
+def bad_request_checks(url: str, bad: dict[str, bytes], good: dict[str, str]) -> list[tuple[str, int, str, int]]:
     """Each bad request's status and error, and the status of the good request sent right after it."""
     out = []
     with httpx.Client(timeout=60) as client:
-        for name, body in BAD_REQUESTS.items():
+        for name, body in bad.items():
             response = client.post(url, content=body, headers={"Content-Type": "application/json"})
             error = (
                 response.json().get("error", "") if response.headers.get("content-type", "").endswith("json") else ""
             )
-            out.append((name, response.status_code, error, client.post(url, json=GOOD).status_code))
+            out.append((name, response.status_code, error, client.post(url, json=good).status_code))
     return out
 
 
@@ -172,6 +200,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, nargs="+", default=[300, 1000, 5000], help="one per concurrency")
     parser.add_argument("--server_args", default="", help="more `sentex serve` options, e.g. '--max_batch_size 32'")
+    parser.add_argument("--sentiment_model", help="with --model: start the server with this --sentiment_model")
+    parser.add_argument(
+        "--no_sentiment", action="store_true", help="send {text} only: the server's sentiment model predicts it"
+    )
     parser.add_argument("--startup_timeout", type=float, default=300.0)
     parser.add_argument("--out", help="also write the Markdown tables here")
     args = parser.parse_args()
@@ -179,23 +211,31 @@ def main() -> None:
     if len(counts) != len(args.concurrency):
         parser.error("--requests takes one count, or one per --concurrency value")
     data = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA.is_file() else SAMPLE_DATA)
-    rows = validation_rows(data)
+    if args.sentiment_model and not args.model:
+        parser.error("--sentiment_model goes with --model (a running server has its own)")
+    rows = validation_rows(data, with_sentiment=not args.no_sentiment)
+    good = {"text": GOOD["text"]} if args.no_sentiment else GOOD
+    server_args = args.server_args.split()
+    if args.sentiment_model:
+        server_args += ["--sentiment_model", args.sentiment_model]
     print(f"{len(rows)} validation tweets from {data}", file=sys.stderr)
     proc, base = None, (args.url or "").rstrip("/")
     if args.model:
         port = free_port()
         proc, base = (
-            start_server(args.model, port, args.server_args.split(), args.startup_timeout),
+            start_server(args.model, port, server_args, args.startup_timeout),
             f"http://127.0.0.1:{port}",
         )
     try:
-        url = f"{base}/predict"
+        url, model = f"{base}/predict", server_model(base)
+        if args.no_sentiment and model.get("family") != "classifier" and not model.get("sentiment_model"):
+            raise SystemExit("serve_load: --no_sentiment needs a server with a sentiment model (--sentiment_model)")
         asyncio.run(run_level(url, rows, 4, 40))  # warm-up: connections, first batches
         levels = []
         for concurrency, total in zip(args.concurrency, counts):
             levels.append(asyncio.run(run_level(url, rows, concurrency, total)))
             print(f"concurrency {concurrency}: {levels[-1]['rps']:.1f} req/s", file=sys.stderr)
-        table = markdown(levels, bad_request_checks(url))
+        table = markdown(levels, bad_request_checks(url, bad_requests_for(model), good))
     finally:
         if proc is not None:
             stop_server(proc)

@@ -2,8 +2,10 @@
 
 One server (an untrained span checkpoint on the packaged MiniLM, small limits so the over-limit cases stay
 small) serves every request test; its answers must equal ``sentex.load(...).extract`` on the same rows, one
-item, a list, and many concurrent requests (which LitServe batches). Bad requests must get a 4xx with a one-line
-``error`` and leave the server serving. Stopping it with SIGTERM must stop every process it started."""
+item, a list, and many concurrent requests (which LitServe batches). Bad requests (a missing sentiment included:
+this server has no sentiment model) must get a 4xx with a one-line ``error`` and leave the server serving.
+Stopping it with SIGTERM must stop every process it started. ``tests/test_serve_sentiment.py`` starts servers
+with a sentiment model and with a classifier through :func:`serving`."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,56 +77,85 @@ def server_processes(pid: int) -> list[Any]:
     return psutil.Process(pid).children(recursive=True)
 
 
-@pytest.fixture(scope="module")
-def server(untrained_span_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``sentex serve`` on a free port, until the module's tests are done; then SIGTERM must stop it all."""
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while they are picked, so none comes twice)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"sentex serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if get(f"{url}/health") == (200, "ok"):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"sentex serve was not ready within {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.25)
+
+
+@contextmanager
+def serving(*commands: list[str], logdir: Path) -> Iterator[list[str]]:
+    """``sentex serve`` once per argument list, all started at once on free ports; their URLs, until the block
+    ends; then SIGTERM must stop each server and every process it started, with no traceback in its log."""
     require_module("litserve", "sentex serve needs LitServe (pip install litserve)")
     import psutil
 
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "server.log"
-    args = ["serve", "--model", str(untrained_span_ckpt), "--port", str(port), "--max_batch_size", "8"]
-    args += ["--batch_timeout", "0.05", "--max_text_chars", str(MAX_TEXT_CHARS), "--max_items", str(MAX_ITEMS)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            sentex_command(*args), cwd=log.parent, env=sentex_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    children: list[Any] = []
+    procs: list[subprocess.Popen] = []
+    logs = [logdir / f"server{n}.log" for n in range(len(commands))]
+    urls = [f"http://127.0.0.1:{port}" for port in free_ports(len(commands))]
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sentex serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if get(f"{url}/health") == (200, "ok"):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"sentex serve was not ready within 120 s:\n{log.read_text()}")
-            time.sleep(0.25)
-        children = server_processes(proc.pid)
-        yield url
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log.read_text()
-        _, alive = psutil.wait_procs(children, timeout=15)
-        assert not alive, f"still running after SIGTERM: {[p.cmdline() for p in alive]}"
-        assert "Traceback" not in log.read_text(), log.read_text()
+        for args, url, log in zip(commands, urls, logs):
+            with open(log, "w") as out:
+                procs.append(
+                    subprocess.Popen(
+                        sentex_command("serve", *args, "--port", url.rsplit(":", 1)[1]), cwd=logdir,
+                        env=sentex_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                    )
+                )  # fmt: skip
+        for proc, url, log in zip(procs, urls, logs):
+            wait_until_ready(proc, url, log)
+        children = [server_processes(proc.pid) for proc in procs]
+        yield urls
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, kids, log in zip(procs, children, logs):
+            assert proc.wait(timeout=60) == 0, log.read_text()
+            _, alive = psutil.wait_procs(kids, timeout=15)
+            assert not alive, f"still running after SIGTERM: {[p.cmdline() for p in alive]}"
+            assert "Traceback" not in log.read_text(), log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the server's own group (start_new_session): nothing else
-        except ProcessLookupError:
-            pass
-        proc.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the server's own group (start_new_session): nothing else
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(untrained_span_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``sentex serve`` on a free port, until the module's tests are done; then SIGTERM must stop it all."""
+    args = ["--model", str(untrained_span_ckpt), "--max_batch_size", "8", "--batch_timeout", "0.05"]
+    args += ["--max_text_chars", str(MAX_TEXT_CHARS), "--max_items", str(MAX_ITEMS)]
+    with serving(args, logdir=tmp_path_factory.mktemp("serve")) as (url,):
+        yield url
 
 
 def test_health_and_info_once_the_model_is_loaded(server: str) -> None:
     assert get(f"{server}/health") == (200, "ok")
     status, info = get(f"{server}/info")
     assert status == 200 and json.loads(info)["model"]["family"] == "span"
+    assert json.loads(info)["model"]["sentiment_model"] is None
 
 
 def test_one_item_gets_the_answer_of_sentex_load(server: str, untrained_extractor: Any) -> None:
@@ -161,6 +193,22 @@ BAD_REQUESTS = {
     "missing text": (json.dumps({"sentiment": "positive"}).encode(), 422, "missing 'text'"),
     "missing sentiment in a list": (json.dumps([GOOD, {"text": "ok"}]).encode(), 422, "item 1: missing 'sentiment'"),
     "unknown sentiment": (json.dumps({**GOOD, "sentiment": "glad"}).encode(), 422, "'glad' is not one of"),
+    "no sentiment, no sentiment model": (
+        json.dumps({"text": "ok"}).encode(),
+        422,
+        "missing 'sentiment' (this server has no sentiment model",
+    ),
+    "null sentiment, no sentiment model": (
+        json.dumps({**GOOD, "sentiment": None}).encode(),
+        422,
+        "sentiment null is not one of",
+    ),
+    "auto sentiment, no sentiment model": (
+        json.dumps([GOOD, {**GOOD, "sentiment": "auto"}]).encode(),
+        422,
+        "item 1: sentiment 'auto' is not one of",
+    ),
+    "sentiment not a string": (json.dumps({**GOOD, "sentiment": 1}).encode(), 422, "must be a string, got a number"),
     "text not a string": (json.dumps({**GOOD, "text": 7}).encode(), 422, "text must be a string, got a number"),
     "a string, not an object": (json.dumps("so happy").encode(), 422, "got a string"),
     "empty list": (b"[]", 422, "empty list"),
@@ -176,6 +224,8 @@ def test_a_bad_request_gets_a_4xx_and_the_next_good_one_works(server: str, case:
     got_status, got = post(f"{server}/predict", body, raw=True)
     assert got_status == status, got
     assert set(got) == {"error"} and reason in got["error"] and "\n" not in got["error"]
+    if "sentiment model" in case:
+        assert "start it with --sentiment_model" in got["error"]
     assert post(f"{server}/predict", GOOD)[0] == 200
 
 

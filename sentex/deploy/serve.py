@@ -2,38 +2,54 @@
 
     sentex serve --model models/sentex-int8 --port 8000
     curl -s localhost:8000/predict -d '{"text": "my phone died again, worst day", "sentiment": "negative"}'
+    sentex serve --model models/sentex-int8 --sentiment_model models/sentiment   # sentiment may be left out
+    sentex serve --model models/sentiment                                          # a classifier: text -> label
 
-``POST /predict`` takes one item ``{"text", "sentiment"}`` or a list of them and answers one object
-``{"text", "sentiment", "selected_text", "start", "end"}`` or a list of them, in order; ``text[start:end]`` is
-``selected_text``: where a span model decoded it, a seq2seq answer's first occurrence, or ``start``/``end``
-are ``null`` where a generated answer is no substring of the tweet.
+``POST /predict`` takes one item or a list of them and answers one object or a list of them, in order
+(the items are checked by :mod:`sentex.deploy.serve_requests`). For an extractor an item is ``{"text",
+"sentiment"}`` and its answer ``{"text", "sentiment", "selected_text", "start", "end"}``; ``text[start:end]`` is
+``selected_text``: where a span model decoded it, a seq2seq answer's first occurrence, or ``start``/``end`` are
+``null`` where a generated answer is no substring of the tweet. With ``--sentiment_model`` (a classifier of the
+three tweet sentiments) the sentiment may be absent, ``null``, ``""`` or ``"auto"``: the classifier predicts it,
+and the answer says which sentiment was used and ``"sentiment_source": "given"`` or ``"predicted"``. For a
+classifier ``--model`` an item is ``{"text"}`` and its answer ``{"text", "label", "probs": {label: p}}``.
 
 Batching: an HTTP request, whatever number of items it holds, is one unit of LitServe's dynamic batching.
 ``predict`` gets up to ``--max_batch_size`` requests (waiting at most ``--batch_timeout`` s for more once the
-first arrived), runs all their rows through the model's ``InferencePipeline`` in length-sorted chunks of
-``max(16, --max_batch_size)`` rows (as ``Extractor.extract`` does) and splits the answers back per request.
+first arrived), runs all their rows through the model in length-sorted chunks of ``max(16, --max_batch_size)``
+rows (as ``Extractor.extract`` does; the batch's rows without a sentiment go through the sentiment model in one
+call first) and splits the answers back per request.
 
 Errors: LitServe fails every request of a batch when one of them raises, so bad requests never reach a worker:
 a middleware in the HTTP process checks each one (size, JSON, fields) and answers ``{"error": "<one line>"}``
-with 400 (malformed JSON), 413 (over a limit) or 422 (wrong shape, missing field, unknown sentiment). The model
-is loaded once before anything starts, so a bad ``--model`` ends ``sentex serve`` with the one-line error of
-``sentex predict``; ``/health`` answers 200 once every worker has loaded it too. LitServe 0.2.19 makes no
-network calls of its own (no telemetry); its ``client.py`` generation is off.
+with 400 (malformed JSON), 413 (over a limit) or 422 (wrong shape, missing field, unknown sentiment, a missing
+sentiment on a server without sentiment model). The models are loaded once before anything starts, so a bad
+``--model`` or ``--sentiment_model`` ends ``sentex serve`` with a one-line error; ``/health`` answers 200 once
+every worker has loaded them too, and ``/info`` shows them. LitServe 0.2.19 makes no network calls of its own
+(no telemetry); its ``client.py`` generation is off.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from pathlib import Path
 from time import monotonic as now
 from typing import Any
 
-from sentex.data.tweets import SENTIMENTS
+from sentex.deploy.serve_requests import (
+    Limits,
+    RequestError,
+    RequestGate,
+    Schema,
+    answer,
+    class_answer,
+    error_json,
+    rows_of,
+)
 from sentex.errors import SentexError
 
 try:
@@ -42,160 +58,13 @@ try:
     from litserve.loops import BatchedLoop
     from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.responses import JSONResponse
 except ImportError:  # main() says how to install it; the module stays importable (doctests, `sentex --help`)
     LitAPI = BatchedLoop = object  # type: ignore[assignment,misc]
     LitServer = None  # type: ignore[assignment,misc]
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::", "localhost")
 MAIN_PID = [0]  # the process of ``main``, set when it starts serving
-JSON_TYPES = {"dict": "an object", "list": "a list", "str": "a string", "NoneType": "null", "bool": "a boolean"}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may hold.
-
-    Attributes:
-        max_text_chars: characters per ``text``.
-        max_items: items per request (a single object counts as one).
-    """
-
-    max_text_chars: int = 5000
-    max_items: int = 64
-
-    @property
-    def max_body_bytes(self) -> int:
-        """The largest body that can hold ``max_items`` texts of ``max_text_chars`` (6 bytes a ``\\uXXXX`` char)."""
-        return self.max_items * (6 * self.max_text_chars + 256) + 1024
-
-
-class RequestError(Exception):
-    """A request the server refuses: an HTTP status and a one-line reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-def json_type(value: Any) -> str:
-    """How a JSON value's type reads in an error message."""
-    return JSON_TYPES.get(type(value).__name__, "a number" if isinstance(value, (int, float)) else "?")
-
-
-def parse_json(body: bytes) -> Any:
-    """The JSON value of a request body.
-
-    >>> parse_json(b'{"text": "hi"')
-    Traceback (most recent call last):
-    ...
-    sentex.deploy.serve.RequestError: malformed JSON: Expecting ',' delimiter at line 1 column 14
-    """
-    try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise RequestError(400, "malformed JSON: the body is not UTF-8 text") from None
-    except json.JSONDecodeError as err:
-        raise RequestError(400, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-
-
-def rows_of(payload: Any, limits: Limits) -> tuple[list[dict[str, str]], bool]:
-    """The rows of a request's JSON, and whether it was a single item (not a list).
-
-    >>> rows_of({"text": "so happy", "sentiment": "positive", "id": 7}, Limits())
-    ([{'text': 'so happy', 'sentiment': 'positive'}], True)
-    >>> rows_of([{"text": "ok", "sentiment": "glad"}], Limits())
-    Traceback (most recent call last):
-    ...
-    sentex.deploy.serve.RequestError: item 0: sentiment 'glad' is not one of negative, neutral, positive
-    """
-    single = isinstance(payload, dict)
-    items = [payload] if single else payload
-    if not isinstance(items, list):
-        raise RequestError(422, f"expected an object with text and sentiment, or a list; got {json_type(items)}")
-    if not items:
-        raise RequestError(422, "empty list: send at least one item")
-    if len(items) > limits.max_items:
-        raise RequestError(413, f"{len(items)} items; the limit is {limits.max_items} per request (--max_items)")
-    return [check_item(item, "" if single else f"item {i}: ", limits) for i, item in enumerate(items)], single
-
-
-def check_item(item: Any, where: str, limits: Limits) -> dict[str, str]:
-    """One item as a row ``{"text", "sentiment"}`` (other keys are ignored); ``where`` prefixes the error."""
-    if not isinstance(item, dict):
-        raise RequestError(422, f"{where}expected an object with text and sentiment, got {json_type(item)}")
-    for key in ("text", "sentiment"):
-        if key not in item:
-            raise RequestError(422, f"{where}missing '{key}'")
-        if not isinstance(item[key], str):
-            raise RequestError(422, f"{where}{key} must be a string, got {json_type(item[key])}")
-    text, sentiment = item["text"], item["sentiment"]
-    if len(text) > limits.max_text_chars:
-        raise RequestError(
-            413, f"{where}text is {len(text)} characters; the limit is {limits.max_text_chars} (--max_text_chars)"
-        )
-    if sentiment not in SENTIMENTS:
-        shown = repr(sentiment if len(sentiment) <= 40 else sentiment[:40] + "...")
-        raise RequestError(422, f"{where}sentiment {shown} is not one of {', '.join(SENTIMENTS)}")
-    return {"text": text, "sentiment": sentiment}
-
-
-def answer(row: dict[str, str], phrase: str, start: int | None, end: int | None) -> dict[str, Any]:
-    """The answer object of a row: its phrase and the phrase's character offsets in the text.
-
-    >>> answer({"text": "so so happy", "sentiment": "positive"}, "so", 3, 5)
-    {'text': 'so so happy', 'sentiment': 'positive', 'selected_text': 'so', 'start': 3, 'end': 5}
-    """
-    return {**row, "selected_text": phrase, "start": start, "end": end}
-
-
-# --- the HTTP side: checks before LitServe queues a request ------------------------------------
-class RequestGate:
-    """ASGI middleware in front of ``POST <path>``: the whole body is read (what is over the limit is
-    discarded, so the client gets its answer), checked, and handed on unchanged, or refused."""
-
-    def __init__(self, app: Any, limits: Limits, path: str = "/predict") -> None:
-        self.app, self.limits, self.path = app, limits, path
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        body, size, more = bytearray(), 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= self.limits.max_body_bytes:
-                body += chunk
-            more = message.get("more_body", False)
-        try:
-            if size > self.limits.max_body_bytes:
-                raise RequestError(413, f"request body is {size} bytes; the limit is {self.limits.max_body_bytes}")
-            rows_of(parse_json(bytes(body)), self.limits)
-        except RequestError as err:
-            await JSONResponse({"error": str(err)}, err.status)(scope, receive, send)
-            return
-        # The body is JSON whatever the client said (``curl -d`` says form data, which LitServe would parse as such).
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
-        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-async def error_json(request: Any, exc: StarletteHTTPException) -> JSONResponse:
-    """LitServe's and FastAPI's HTTP errors as ``{"error": "<one line>"}`` (instead of ``{"detail": ...}``)."""
-    return JSONResponse({"error": str(exc.detail).splitlines()[0] if exc.detail else ""}, exc.status_code)
+INFO_KEYS = ("family", "dtype", "base_model", "sentex_version")
 
 
 # --- the worker side -------------------------------------------------------------------------
@@ -225,49 +94,77 @@ class BlockingBatchLoop(BatchedLoop):
 
 
 class SentexAPI(LitAPI):
-    """The model behind ``POST /predict``: loads ``model_path`` in each worker and answers batches of requests."""
+    """The model behind ``POST /predict``: loads ``model_path`` (and ``sentiment_path``) in each worker and
+    answers batches of requests, as extractions or classifications (``schema.task``)."""
 
-    def __init__(self, model_path: str, limits: Limits, **kwargs: Any) -> None:
+    def __init__(
+        self, model_path: str, limits: Limits, schema: Schema, sentiment_path: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.model_path, self.limits = model_path, limits
+        self.model_path, self.limits, self.schema, self.sentiment_path = model_path, limits, schema, sentiment_path
 
     def setup(self, device: str) -> None:
         from sentex.deploy.load import load
 
         signal.signal(signal.SIGTERM, exit_quietly)  # LitServe stops workers with SIGTERM: exit, cleaning up
 
-        self.extractor = load(self.model_path)
-        self.extractor.pipeline.to(device)
+        self.model = load(self.model_path, sentiment_model=self.sentiment_path)
+        if self.schema.task == "classify":
+            self.model.net.to(device)
+        else:
+            self.model.pipeline.to(device)
+            if self.model.sentiment_model is not None:
+                self.model.sentiment_model.net.to(device)
         self.run_device = device
         self.forward_rows = max(16, self.max_batch_size)
 
     # No annotations on ``request`` or the return of ``encode_response``: LitServe reads them as the endpoint's types.
     def decode_request(self, request):
         try:
-            return rows_of(request, self.limits)  # already checked by RequestGate: this cannot fail
+            return rows_of(request, self.limits, self.schema)  # already checked by RequestGate: this cannot fail
         except RequestError as err:
             raise HTTPException(err.status, str(err)) from None
 
-    def predict(self, requests: list[tuple[list[dict[str, str]], bool]]) -> list[Any]:
+    def predict(self, requests: list[tuple[list[dict[str, Any]], bool]]) -> list[Any]:
         rows = [row for request_rows, _ in requests for row in request_rows]
-        phrases = self.extract(rows)
+        answers = self.classify(rows) if self.schema.task == "classify" else self.answer_rows(rows)
         out, i = [], 0
         for request_rows, single in requests:
-            answers = [answer(row, *found) for row, found in zip(request_rows, phrases[i : i + len(request_rows)])]
+            mine = answers[i : i + len(request_rows)]
             i += len(request_rows)
-            out.append(answers[0] if single else answers)
+            out.append(mine[0] if single else mine)
         return out
 
-    def extract(self, rows: list[dict[str, str]]) -> list[tuple[str, int | None, int | None]]:
+    def classify(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each row's label and probabilities (``Classifier.classify``'s labels; it batches by length too)."""
+        texts = [row["text"] for row in rows]
+        probs = self.model.predict_proba(texts, batch_size=self.forward_rows)
+        labels, names = self.model.codec.decode(probs), self.model.labels
+        return [class_answer(text, label, names, p) for text, label, p in zip(texts, labels, probs.tolist())]
+
+    def answer_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each row's answer; rows without a sentiment (``None``) get the sentiment model's first, in one call."""
+        if self.schema.auto_sentiment:
+            texts, given = [row["text"] for row in rows], [row["sentiment"] for row in rows]
+            filled = self.model.sentiments_for(texts, given, batch_size=self.forward_rows)
+            rows = [
+                {"text": text, "sentiment": used, "sentiment_source": "predicted" if wanted is None else "given"}
+                for text, wanted, used in zip(texts, given, filled)
+            ]
+        return [answer(row, *found) for row, found in zip(rows, self.extract(rows))]
+
+    def extract(self, rows: list[dict[str, Any]]) -> list[tuple[str, int | None, int | None]]:
         """Each row's phrase and offsets, shortest texts batched together (``Extractor.extract``'s order)."""
         import torch
 
-        pipeline, out = self.extractor.pipeline, [("", None, None)] * len(rows)
+        pipeline, out = self.model.pipeline, [("", None, None)] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["text"]))
         with torch.inference_mode():
             for start in range(0, len(order), self.forward_rows):
                 idx = order[start : start + self.forward_rows]
-                batch = pipeline.collate([{"textID": str(i), **rows[i]} for i in idx])
+                batch = pipeline.collate(
+                    [{"textID": str(i), "text": rows[i]["text"], "sentiment": rows[i]["sentiment"]} for i in idx]
+                )
                 batch = {k: v.to(self.run_device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 for i, found in zip(idx, pipeline.extract_spans(batch)):
                     out[i] = found
@@ -281,7 +178,12 @@ class SentexAPI(LitAPI):
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``sentex serve``."""
     p = argparse.ArgumentParser(prog="sentex serve", description="Serve a model over HTTP: POST /predict, GET /health.")
-    p.add_argument("--model", required=True, help="exported model folder or sentex .ckpt")
+    p.add_argument("--model", required=True, help="exported model folder or sentex .ckpt (an extractor or classifier)")
+    p.add_argument(
+        "--sentiment_model",
+        default=None,
+        help="sentiment classifier (folder or .ckpt) that predicts the sentiment of items sent without one",
+    )
     p.add_argument("--host", default="127.0.0.1", choices=HOSTS, help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port, 1024-65535 (default: 8000)")
     p.add_argument("--max_batch_size", type=int, default=32, help="requests per model batch (default: 32)")
@@ -349,8 +251,42 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     os.kill(os.getpid(), signum)
 
 
+def load_models(model_path: str, sentiment_path: str | None) -> tuple[Schema, dict[str, Any]]:
+    """Load the model (and sentiment model) once, to fail before anything starts; what to serve, and ``/info``'s model.
+
+    Raises:
+        SentexError: a model that does not load, or a sentiment model that is not a tweet-sentiment classifier
+            or comes with a classifier ``--model``, as one line naming the option and path.
+    """
+    from sentex.deploy.load import load_model
+    from sentex.deploy.sentiment import check_sentiment_classifier
+
+    model = load_model(Path(model_path))  # a bad model ends here with sentex predict's one-line CheckpointError
+    info = {k: model.info.get(k) for k in INFO_KEYS}
+    if model.family == "classifier":
+        info["labels"] = model.labels
+    sentiment_info = None
+    if sentiment_path is not None:
+        if model.family == "classifier":
+            raise SentexError(
+                f"--sentiment_model {sentiment_path}: a sentiment model goes with an extractor,"
+                f" and --model {model_path} is a classifier"
+            )
+        try:
+            classifier = check_sentiment_classifier(load_model(Path(sentiment_path)), sentiment_path)
+        except SentexError as err:
+            raise SentexError(f"--sentiment_model {err}") from None
+        sentiment_info = {"path": sentiment_path, **{k: classifier.info.get(k) for k in INFO_KEYS}}
+        sentiment_info["labels"] = classifier.labels
+        del classifier
+    del model
+    gc.collect()
+    schema = Schema("classify" if info["family"] == "classifier" else "extract", sentiment_info is not None)
+    return schema, {"path": str(model_path), **info, "sentiment_model": sentiment_info}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``sentex serve``: check, load the model once, then serve until stopped."""
+    """Entry point of ``sentex serve``: check, load the models once, then serve until stopped."""
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
@@ -358,29 +294,28 @@ def main(argv: list[str] | None = None) -> None:
         raise SentexError("sentex serve needs LitServe: pip install 'litserve>=0.2.19'")
     host = "127.0.0.1" if args.host == "localhost" else args.host
     check_port(host, args.port)
-    from sentex.deploy.load import load
-
-    extractor = load(args.model)  # a bad model ends here with sentex predict's one-line CheckpointError
-    info = {k: extractor.info.get(k) for k in ("family", "dtype", "base_model", "sentex_version")}
-    accelerator = choose_accelerator(args.accelerator, info["dtype"])
-    del extractor
-    gc.collect()
+    schema, info = load_models(args.model, args.sentiment_model)
+    accelerators = {choose_accelerator(args.accelerator, info["dtype"])}
+    if info["sentiment_model"]:  # both run in one worker: a CPU-only sentiment model keeps the extractor on CPU
+        accelerators.add(choose_accelerator(args.accelerator, info["sentiment_model"]["dtype"]))
+    accelerator = "cpu" if "cpu" in accelerators else accelerators.pop()
     limits = Limits(args.max_text_chars, args.max_items)
     batching = {"max_batch_size": args.max_batch_size, "batch_timeout": args.batch_timeout}
-    api = SentexAPI(args.model, limits, **batching, loop=BlockingBatchLoop())
+    api = SentexAPI(args.model, limits, schema, args.sentiment_model, **batching, loop=BlockingBatchLoop())
     server = LitServer(
         api,
         accelerator=accelerator,
         workers_per_device=args.workers,
         timeout=args.timeout,
-        middlewares=[(RequestGate, {"limits": limits})],
-        model_metadata={"path": str(args.model), **info},
+        middlewares=[(RequestGate, {"limits": limits, "schema": schema})],
+        model_metadata=info,
     )
     server.app.add_exception_handler(StarletteHTTPException, error_json)
     MAIN_PID[0] = os.getpid()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    extra = f" + sentiment model {args.sentiment_model}" if args.sentiment_model else ""
     print(
-        f"sentex serve: {args.model} ({info['family']}, {info['dtype']}) on http://{args.host}:{args.port}"
+        f"sentex serve: {args.model} ({info['family']}, {info['dtype']}){extra} on http://{args.host}:{args.port}"
         f" (POST /predict, GET /health); {args.workers} worker(s) on {accelerator}",
         flush=True,
     )
