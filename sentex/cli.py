@@ -108,24 +108,26 @@ class SentexCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as err:
-            cause = sentex_cause(err) or self._data_module_error()
+            cause = sentex_cause(err) or self._constructor_error("data") or self._constructor_error("model")
             if cause is None:
                 raise
             raise cause from None
 
-    def _data_module_error(self) -> SentexError | None:
-        """The :class:`SentexError` the configured data module's constructor raises, if it raises one.
+    def _constructor_error(self, key: str) -> SentexError | None:
+        """The :class:`SentexError` the configured ``data`` or ``model`` class's constructor raises, if any.
 
         jsonargparse before 4.4x keeps only the last Union member's failure in the exception chain,
-        so the data module's own error (``data.val_fraction must be ...``) is rebuilt here once.
+        so the class's own error (``data.val_fraction must be ...``, ``model.quantize_base must be ...``)
+        is rebuilt here once, on this failure path only; sentex's constructors check their settings
+        before they load any weights.
         """
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        data = config.get("data")
-        class_path = data.get("class_path") if data is not None else None
+        section = config.get(key)
+        class_path = section.get("class_path") if section is not None else None
         if not class_path:
             return None
         module, _, name = class_path.rpartition(".")
-        init_args = data.get("init_args")
+        init_args = section.get("init_args")
         try:
             getattr(importlib.import_module(module), name)(**(init_args.as_dict() if init_args else {}))
         except SentexError as err:
