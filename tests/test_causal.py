@@ -367,6 +367,15 @@ def test_bad_settings_are_one_line_errors(
     assert exit_info.value.code == 1 and f"sentex: error: {message}" in err and "Traceback" not in err
 
 
+def test_every_bad_setting_is_reported_at_once(tiny_llama: Path) -> None:
+    with pytest.raises(SentexError) as info:
+        CausalExtractor(str(tiny_llama), optimizer="sgd", quantize_base="nf4", lora_r=None)
+    assert str(info.value) == (
+        "model.optimizer must be one of adamw, adamw_8bit, got 'sgd'; "
+        "model.quantize_base trains LoRA adapters on a frozen 4-bit base: set model.lora_r"
+    )
+
+
 def test_missing_model_packages_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 

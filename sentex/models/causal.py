@@ -82,12 +82,15 @@ class CausalExtractor(ExtractorModule):
     ) -> None:
         super().__init__(learning_rate, weight_decay, warmup_steps, lr_schedule)
         self.save_hyperparameters()
+        problems = []  # every bad setting in one line, before any weights are read
         if optimizer not in OPTIMIZERS:
-            raise SentexError(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+            problems.append(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if quantize_base is not None and quantize_base not in QUANTIZATIONS:
-            raise SentexError(f"model.quantize_base must be null or one of {', '.join(QUANTIZATIONS)}")
+            problems.append(f"model.quantize_base must be null or one of {', '.join(QUANTIZATIONS)}")
         if quantize_base is not None and lora_r is None:
-            raise SentexError("model.quantize_base trains LoRA adapters on a frozen 4-bit base: set model.lora_r")
+            problems.append("model.quantize_base trains LoRA adapters on a frozen 4-bit base: set model.lora_r")
+        if problems:
+            raise SentexError("; ".join(problems))
         self.optimizer_name = optimizer  # ExtractorModule.configure_optimizers builds it
         source = pretrained_source(model_name_or_path)
         self.codec = CausalCodec(
