@@ -69,6 +69,10 @@ class Schema:
         return "text" if self.task == "classify" else "text and sentiment"
 
 
+# The schema of a server without a sentiment model: text and sentiment, both required.
+EXTRACT = Schema()
+
+
 class RequestError(Exception):
     """A request the server refuses: an HTTP status and a one-line reason."""
 
@@ -105,7 +109,7 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
 
 
-def rows_of(payload: Any, limits: Limits, schema: Schema = Schema()) -> tuple[list[dict[str, Any]], bool]:
+def rows_of(payload: Any, limits: Limits, schema: Schema = EXTRACT) -> tuple[list[dict[str, Any]], bool]:
     """The rows of a request's JSON, and whether it was a single item (not a list).
 
     >>> rows_of({"text": "so happy", "sentiment": "positive", "id": 7}, Limits())
@@ -130,7 +134,7 @@ def rows_of(payload: Any, limits: Limits, schema: Schema = Schema()) -> tuple[li
     return [check_item(item, "" if single else f"item {i}: ", limits, schema) for i, item in enumerate(items)], single
 
 
-def check_item(item: Any, where: str, limits: Limits, schema: Schema = Schema()) -> dict[str, Any]:
+def check_item(item: Any, where: str, limits: Limits, schema: Schema = EXTRACT) -> dict[str, Any]:
     """One item as a row (other keys are ignored); ``where`` prefixes the error.
 
     A row is ``{"text"}`` for a classifier, ``{"text", "sentiment"}`` for an extractor, where the sentiment is
@@ -195,7 +199,7 @@ class RequestGate:
     """ASGI middleware in front of ``POST <path>``: the whole body is read (what is over the limit is
     discarded, so the client gets its answer), checked, and handed on unchanged, or refused."""
 
-    def __init__(self, app: Any, limits: Limits, schema: Schema = Schema(), path: str = "/predict") -> None:
+    def __init__(self, app: Any, limits: Limits, schema: Schema = EXTRACT, path: str = "/predict") -> None:
         self.app, self.limits, self.schema, self.path = app, limits, schema, path
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
