@@ -354,6 +354,22 @@ def main(args: list[str] | None = None) -> None:
     except SentexError as err:
         print(f"sentex: error: {err}", file=sys.stderr)
         sys.exit(1)
+    release_process_group()
+
+
+def release_process_group() -> None:
+    """Destroy torch.distributed's process group after a run that started one (DDP on CPU: gloo).
+
+    Lightning leaves it to the interpreter's exit, where gloo's worker threads can be torn down still
+    joinable: the process then aborts after a successful run ("terminate called without an active
+    exception", exit -6; https://github.com/pytorch/pytorch/issues/190489, seen once in sentex's CI).
+    Only after a run that ended normally: destroying the group while another rank is still inside a
+    collective would hang (https://github.com/pytorch/torchtitan/pull/1342).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
