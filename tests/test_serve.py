@@ -278,3 +278,19 @@ def test_a_taken_port_or_an_impossible_accelerator_is_a_one_line_error() -> None
     with pytest.raises(SentexError, match="int8 export runs on CPU only"):
         choose_accelerator("cuda", "int8")
     assert choose_accelerator("auto", "int4") == choose_accelerator("cpu", "fp32") == "cpu"
+
+
+def test_litserve_monitor_race_is_silenced_only_once_stopping(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from sentex.deploy import serve
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("litserve.server", logging.ERROR, __file__, 1, message, None, None)
+
+    gate = serve.MonitorShutdownRace()
+    monkeypatch.setattr(serve, "STOPPING", [False])
+    assert gate.filter(record("Monitoring worker crashed"))  # a real crash while serving is shown
+    monkeypatch.setattr(serve, "STOPPING", [True])
+    assert not gate.filter(record("Monitoring worker crashed"))
+    assert gate.filter(record("Worker 0 died; shutting down"))
