@@ -41,7 +41,7 @@ def answer_rows(model: ExtractorModule, dm: TweetDataModule, batch_size: int = 1
     """Every validation row with the model's answer (and, for span models, the answer without the shift)."""
     model.eval()
     val = dm.datasets["val"]
-    rows = [dict(zip(val.column_names, values)) for values in zip(*(val[c] for c in val.column_names))]
+    rows = val.to_list()
     codec = getattr(model, "codec", None)
     shift = bool(getattr(codec, "reapply_label_shift", False))
     out = []

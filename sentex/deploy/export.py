@@ -192,7 +192,7 @@ def export(
 
     Raises:
         SentexError: unknown dtype or format, ``out`` exists without ``overwrite``, a bad checkpoint,
-            a non-span checkpoint for ONNX, or ensemble members that do not share the tokenizer and
+            a non-span or LSTM-head checkpoint for ONNX, or ensemble members that do not share the tokenizer and
             decoding settings.
     """
     paths = [Path(ckpt_path)] if isinstance(ckpt_path, (str, Path)) else [Path(p) for p in ckpt_path]
@@ -207,6 +207,9 @@ def export(
     for module, _, path in loaded:
         if runtime == "onnx" and module.family not in ONNX_FAMILIES:
             raise SentexError(f"{path}: a {module.family} checkpoint; --format onnx exports span models only")
+        if runtime == "onnx" and getattr(module.net, "lstm", None) is not None:
+            # torch's ONNX exporter unrolls the LSTM over the traced length, so the graph would take one length only.
+            raise SentexError(f"{path}: --format onnx cannot export the LSTM head (head_lstm); use --format torch")
     if len(loaded) > 1:
         check_members(paths, [module for module, _, _ in loaded])
     out.parent.mkdir(parents=True, exist_ok=True)

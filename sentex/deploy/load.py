@@ -283,12 +283,13 @@ def load_network(folder: Path, auto_class: Any, family: str, dtype: str) -> nn.M
 def assemble_span_network(encoder: nn.Module, heads: dict[str, torch.Tensor], dtype: torch.dtype) -> SpanNetwork:
     """A span network of ``encoder`` and the head weights ``heads`` (network names), heads cast to ``dtype``.
 
-    Joint scoring and the pair term's width are read off the heads. An exported folder is loaded
+    Joint scoring, the pair term's width and the LSTM are read off the heads. An exported folder is loaded
     through this, and ``sentex export --format onnx`` builds the graph it exports with it.
     """
     joint = "pair_start.weight" in heads
     pair_dim = heads["pair_start.weight"].shape[0] if joint else 64
-    net = SpanNetwork(encoder, head_dropout=0.0, scoring="joint" if joint else "independent", pair_dim=pair_dim)
+    scoring, lstm = "joint" if joint else "independent", "lstm.weight_ih_l0" in heads
+    net = SpanNetwork(encoder, head_dropout=0.0, scoring=scoring, pair_dim=pair_dim, lstm=lstm)
     missing = [k for k in net.head_state() if k not in heads]
     if missing:
         raise KeyError(f"{HEAD_WEIGHTS} lacks {missing[0]}")

@@ -46,6 +46,8 @@ class SpanExtractor(ExtractorModule):
         lora_dropout: dropout on the LoRA path.
         lora_target_modules: encoder modules that get adapters (BERT-style: ``query``, ``key``, ``value``, ``dense``).
         head_dropout: dropout before the start/end head.
+        head_lstm: a bidirectional LSTM over the encoder's token states, its output concatenated to
+            them before the start/end head (see :class:`SpanNetwork`).
         head_learning_rate: learning rate of the head (default: ``learning_rate``); a fresh head can learn faster.
         neutral_full_tweet: answer neutral tweets with the whole tweet (their phrase almost always is).
         span_label_smoothing: share of the start/end target mass spread evenly over the tweet's tokens
@@ -77,6 +79,7 @@ class SpanExtractor(ExtractorModule):
         lora_dropout: float = 0.05,
         lora_target_modules: list[str] | None = None,
         head_dropout: float = 0.1,
+        head_lstm: bool = False,
         head_learning_rate: float | None = None,
         neutral_full_tweet: bool = True,
         span_label_smoothing: float = 0.0,
@@ -108,13 +111,13 @@ class SpanExtractor(ExtractorModule):
         if lora_r is not None:
             encoder = apply_lora(encoder, lora_r, lora_alpha, lora_dropout, lora_target_modules or ["query", "value"])
         # from_pretrained returns eval mode; Lightning keeps submodule modes, so switch dropout on.
-        self.net = SpanNetwork(encoder.train(), head_dropout, span_scoring)
+        self.net = SpanNetwork(encoder.train(), head_dropout, span_scoring, lstm=head_lstm)
 
     def lr_overrides(self) -> dict[str, float]:
         lr = self.hparams.head_learning_rate
         if not lr:
             return {}
-        # Everything outside the pretrained encoder is new: the start/end head and the pair term.
+        # Everything outside the pretrained encoder is new: the LSTM, the start/end head and the pair term.
         return {f"net.{name}.": lr for name, _ in self.net.named_children() if name not in ("encoder", "dropout")}
 
     def logits(self, batch: Batch) -> SpanLogits:

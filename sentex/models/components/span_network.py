@@ -28,27 +28,41 @@ class SpanNetwork(nn.Module):
     The pair term ``pair(i, j) = <U h_i, V h_j> / sqrt(d)`` lets the score of a span depend on both
     ends together (a biaffine scorer as in RaSoR-style span models), at ``2·hidden·d`` parameters.
 
+    With ``lstm``, a one-layer bidirectional LSTM (``hidden / 2`` units each way) reads the encoder's
+    token states and its output is concatenated to them before the heads, so each boundary score
+    sees a recurrent summary of the tokens before and after it. On MiniLM-L6 this measured better
+    than a deeper or longer-trained linear head (README: "The span recipe on the real data").
+
     Args:
         encoder: a transformers encoder (``AutoModel``), optionally LoRA-wrapped.
         head_dropout: dropout on the hidden states before the heads.
         scoring: ``independent`` (start and end only) or ``joint`` (adds the pair term).
         pair_dim: width ``d`` of the pair term's projections.
+        lstm: add the bidirectional LSTM before the heads.
     """
 
     def __init__(
-        self, encoder: nn.Module, head_dropout: float = 0.1, scoring: str = "independent", pair_dim: int = 64
+        self,
+        encoder: nn.Module,
+        head_dropout: float = 0.1,
+        scoring: str = "independent",
+        pair_dim: int = 64,
+        lstm: bool = False,
     ) -> None:
         super().__init__()
         if scoring not in SCORINGS:
             raise ValueError(f"span scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
         hidden = encoder.config.hidden_size
         self.encoder = encoder
+        if lstm:
+            self.lstm = nn.LSTM(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        features = hidden + 2 * (hidden // 2) if lstm else hidden
         self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(hidden, 2)
+        self.head = nn.Linear(features, 2)
         self.scoring = scoring
         if scoring == "joint":
-            self.pair_start = nn.Linear(hidden, pair_dim)
-            self.pair_end = nn.Linear(hidden, pair_dim)
+            self.pair_start = nn.Linear(features, pair_dim)
+            self.pair_end = nn.Linear(features, pair_dim)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
@@ -56,7 +70,13 @@ class SpanNetwork(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        hidden = self.dropout(self.encoder(**inputs).last_hidden_state)
+        hidden = self.encoder(**inputs).last_hidden_state
+        lstm = getattr(self, "lstm", None)
+        if lstm is not None:
+            # The LSTM runs in its own dtype (a bf16 export casts it with the heads).
+            context, _ = lstm(hidden.to(lstm.weight_ih_l0.dtype))
+            hidden = torch.cat([hidden, context.to(hidden.dtype)], dim=-1)
+        hidden = self.dropout(hidden)
         logits = self.head(hidden).float()
         pair = None
         if self.scoring == "joint":

@@ -1,0 +1,84 @@
+"""The span network's LSTM head (``head_lstm``): its shape, that it learns, and what its exports compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sentex.deploy.export import export
+from sentex.deploy.load import load
+from sentex.errors import SentexError
+from sentex.models import SpanExtractor
+from tests.conftest import TWEETS, require_module, span_checkpoint
+
+ROWS = [{"textID": t[0], "text": t[1], "selected_text": t[2], "sentiment": t[3]} for t in TWEETS]
+TEXTS, SENTIMENTS = [r["text"] for r in ROWS], [r["sentiment"] for r in ROWS]
+
+
+def test_the_lstm_reads_the_encoder_states_and_learns_at_the_heads_rate() -> None:
+    model = SpanExtractor(max_length=32, head_lstm=True, learning_rate=1e-4, head_learning_rate=1e-3)
+    hidden = model.net.encoder.config.hidden_size
+    lstm = model.net.lstm
+    assert (lstm.input_size, lstm.hidden_size, lstm.bidirectional, lstm.num_layers) == (hidden, hidden // 2, True, 1)
+    assert model.net.head.in_features == 2 * (hidden // 2) + hidden  # encoder states and LSTM output side by side
+    assert model.lr_overrides()["net.lstm."] == 1e-3
+    assert not hasattr(SpanExtractor(max_length=32).net, "lstm")  # off by default
+
+
+def test_the_lstm_head_model_learns(tweets_csv: Path, tmp_path: Path) -> None:
+    from sentex.data import TweetDataModule
+
+    torch.manual_seed(0)
+    model = SpanExtractor(max_length=48, head_lstm=True, learning_rate=5e-4, warmup_steps=0)
+    batch = model.collate(ROWS)
+    lstm_before = model.net.lstm.weight_hh_l0.detach().clone()
+    with torch.no_grad():
+        before = model.eval().compute_loss(batch).item()
+    trainer = pl.Trainer(max_steps=12, logger=False, enable_progress_bar=False, limit_val_batches=0,
+                         enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv), batch_size=8))
+    with torch.no_grad():
+        after = model.eval().compute_loss(batch).item()
+    assert after < before - 0.3
+    assert not torch.equal(model.net.lstm.weight_hh_l0, lstm_before)
+
+
+@pytest.fixture(scope="module")
+def lstm_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return span_checkpoint(tmp_path_factory.mktemp("lstm") / "lstm.ckpt", head_lstm=True)
+
+
+def test_the_fp32_export_computes_what_the_checkpoint_computes(lstm_ckpt: Path, tmp_path: Path) -> None:
+    export(lstm_ckpt, tmp_path / "fp32")
+    heads = load_file(str(tmp_path / "fp32" / "head.safetensors"))
+    assert {"lstm.weight_ih_l0", "lstm.weight_hh_l0_reverse", "head.weight"} <= set(heads)
+    model, exported = load(lstm_ckpt), load(tmp_path / "fp32")
+    batch = model.pipeline.codec.collate(ROWS)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    with torch.no_grad():
+        want, got = model.pipeline.net(**inputs), exported.pipeline.net(**inputs)
+    torch.testing.assert_close(got.start, want.start, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.end, want.end, rtol=1e-4, atol=1e-4)
+    assert exported.extract(TEXTS, SENTIMENTS) == model.extract(TEXTS, SENTIMENTS)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_lower_precision_exports_keep_the_lstm_and_answer_substrings(
+    dtype: str, lstm_ckpt: Path, tmp_path: Path
+) -> None:
+    export(lstm_ckpt, tmp_path / dtype, dtype)
+    exported = load(tmp_path / dtype)
+    assert exported.pipeline.net.lstm.hidden_size == exported.pipeline.net.encoder.config.hidden_size // 2
+    answers = exported.extract(TEXTS, SENTIMENTS)
+    assert all(a in t for a, t in zip(answers, TEXTS))
+
+
+def test_onnx_refuses_the_lstm_head_before_writing(lstm_ckpt: Path, tmp_path: Path) -> None:
+    require_module("onnxruntime", "the onnx extra")
+    with pytest.raises(SentexError, match=r"lstm\.ckpt: --format onnx cannot export the LSTM head"):
+        export(lstm_ckpt, tmp_path / "onnx", "fp32", runtime="onnx")
+    assert not any(tmp_path.iterdir())
