@@ -208,7 +208,7 @@ def export(
         if runtime == "onnx" and module.family not in ONNX_FAMILIES:
             raise SentexError(f"{path}: a {module.family} checkpoint; --format onnx exports span models only")
         if runtime == "onnx" and getattr(module.net, "lstm", None) is not None:
-            # torch's ONNX exporter unrolls the LSTM over the traced length, so the graph would take one length only.
+            # torch.export (torch 2.13) specialises the LSTM to the traced length: that length only would run.
             raise SentexError(f"{path}: --format onnx cannot export the LSTM head (head_lstm); use --format torch")
     if len(loaded) > 1:
         check_members(paths, [module for module, _, _ in loaded])
