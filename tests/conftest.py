@@ -331,6 +331,37 @@ def fit_span_checkpoint(path: Path, **kw: Any) -> FittedCheckpoint:
     return fit_checkpoint(SpanExtractor(max_length=32, **kw), path)
 
 
+def loss_before_and_after_training(
+    model: pl.LightningModule, rows: list[dict[str, str]], train: Path, root: Path, steps: int = 12
+) -> tuple[float, float, pl.Trainer]:
+    """Train ``model`` ``steps`` steps on the CSV ``train`` (batch 8); its loss on ``rows`` before and after.
+
+    Args:
+        model: a span LightningModule (``collate`` and ``compute_loss``).
+        rows: the rows the loss is measured on (in eval mode, no gradient).
+        train: labelled CSV to train on.
+        root: the trainer's ``default_root_dir``.
+        steps: optimizer steps.
+
+    Returns:
+        The loss before, the loss after, and the trainer (to save a checkpoint with).
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from sentex.data import TweetDataModule
+
+    batch = model.collate(rows)
+    with torch.no_grad():
+        before = model.eval().compute_loss(batch).item()
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, limit_val_batches=0,
+                         enable_model_summary=False, default_root_dir=root)  # fmt: skip
+    trainer.fit(model, TweetDataModule(train_path=str(train), val_path=str(train), batch_size=8))
+    with torch.no_grad():
+        after = model.eval().compute_loss(batch).item()
+    return before, after, trainer
+
+
 def span_checkpoint(path: Path, **kw: Any) -> Path:
     """The path of :func:`fit_span_checkpoint` (for tests that need no metrics)."""
     return fit_span_checkpoint(path, **kw).path

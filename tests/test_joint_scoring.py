@@ -22,7 +22,7 @@ from sentex.models.components.span_math import (
     smoothed_span_nll,
     valid_pairs,
 )
-from tests.conftest import TWEETS
+from tests.conftest import TWEETS, loss_before_and_after_training
 
 ROWS = [{"textID": t[0], "text": t[1], "selected_text": t[2], "sentiment": t[3]} for t in TWEETS]
 
@@ -107,18 +107,9 @@ def test_sequence_log_probs_are_the_joint_distribution(joint_model: SpanExtracto
 
 
 def test_joint_model_learns_and_exports_what_it_computes(tweets_csv: Path, tmp_path: Path) -> None:
-    from sentex.data import TweetDataModule
-
     torch.manual_seed(0)
     model = SpanExtractor(max_length=48, max_span_tokens=8, span_scoring="joint", learning_rate=5e-4, warmup_steps=0)
-    batch = model.collate(ROWS)
-    with torch.no_grad():
-        before = model.eval().compute_loss(batch).item()
-    trainer = pl.Trainer(max_steps=12, logger=False, enable_progress_bar=False, limit_val_batches=0,
-                         enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv), batch_size=8))
-    with torch.no_grad():
-        after = model.eval().compute_loss(batch).item()
+    before, after, trainer = loss_before_and_after_training(model, ROWS, tweets_csv, tmp_path)
     assert after < before - 0.3
     ckpt = tmp_path / "joint.ckpt"
     trainer.save_checkpoint(ckpt)

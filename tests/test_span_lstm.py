@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -13,7 +12,7 @@ from sentex.deploy.export import export
 from sentex.deploy.load import load
 from sentex.errors import SentexError
 from sentex.models import SpanExtractor
-from tests.conftest import TWEETS, require_module, span_checkpoint
+from tests.conftest import TWEETS, loss_before_and_after_training, require_module, span_checkpoint
 
 ROWS = [{"textID": t[0], "text": t[1], "selected_text": t[2], "sentiment": t[3]} for t in TWEETS]
 TEXTS, SENTIMENTS = [r["text"] for r in ROWS], [r["sentiment"] for r in ROWS]
@@ -30,19 +29,10 @@ def test_the_lstm_reads_the_encoder_states_and_learns_at_the_heads_rate() -> Non
 
 
 def test_the_lstm_head_model_learns(tweets_csv: Path, tmp_path: Path) -> None:
-    from sentex.data import TweetDataModule
-
     torch.manual_seed(0)
     model = SpanExtractor(max_length=48, head_lstm=True, learning_rate=5e-4, warmup_steps=0)
-    batch = model.collate(ROWS)
     lstm_before = model.net.lstm.weight_hh_l0.detach().clone()
-    with torch.no_grad():
-        before = model.eval().compute_loss(batch).item()
-    trainer = pl.Trainer(max_steps=12, logger=False, enable_progress_bar=False, limit_val_batches=0,
-                         enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(model, TweetDataModule(train_path=str(tweets_csv), val_path=str(tweets_csv), batch_size=8))
-    with torch.no_grad():
-        after = model.eval().compute_loss(batch).item()
+    before, after, _ = loss_before_and_after_training(model, ROWS, tweets_csv, tmp_path)
     assert after < before - 0.3
     assert not torch.equal(model.net.lstm.weight_hh_l0, lstm_before)
 
