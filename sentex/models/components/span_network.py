@@ -30,8 +30,9 @@ class SpanNetwork(nn.Module):
 
     With ``lstm``, a one-layer bidirectional LSTM (``hidden / 2`` units each way) reads the encoder's
     token states and its output is concatenated to them before the heads, so each boundary score
-    sees a recurrent summary of the tokens before and after it. On MiniLM-L6 this measured better
-    than a deeper or longer-trained linear head (README: "The span recipe on the real data").
+    sees a recurrent summary of the tokens before and after it. On MiniLM-L6 and the Kaggle data it
+    added +0.0086 Jaccard over folds 0-2 to the linear head alone (README: "The span recipe on the
+    real data").
 
     Args:
         encoder: a transformers encoder (``AutoModel``), optionally LoRA-wrapped.
