@@ -56,9 +56,9 @@ def fold_candidates(checkpoint: str, args: argparse.Namespace, fold: int) -> tup
     for i in range(0, len(rows), 64):
         chunk = rows[i : i + 64]
         batch = model.collate(chunk)
-        log_p = normalize_spans(codec.span_scores(model.net, batch)).flatten(1)
+        scores = normalize_spans(codec.span_scores(model.net, batch))
+        tokens, log_p = scores.shape[1], scores.flatten(1)
         top = log_p.topk(min(args.top_k, log_p.shape[1]), dim=1)
-        tokens = int(math.isqrt(log_p.shape[1]))
         for row, offsets, values, indices in zip(chunk, batch["offsets"], top.values.tolist(), top.indices.tolist()):
             row["candidates"] = [
                 (offsets[s][0], offsets[e][1], e - s + 1, math.exp(v))

@@ -25,7 +25,7 @@ def test_the_lstm_reads_the_encoder_states_and_learns_at_the_heads_rate() -> Non
     assert (lstm.input_size, lstm.hidden_size, lstm.bidirectional, lstm.num_layers) == (hidden, hidden // 2, True, 1)
     assert model.net.head.in_features == 2 * (hidden // 2) + hidden  # encoder states and LSTM output side by side
     assert model.lr_overrides()["net.lstm."] == 1e-3
-    assert not hasattr(SpanExtractor(max_length=32).net, "lstm")  # off by default
+    assert SpanExtractor(max_length=32).net.lstm is None  # off by default
 
 
 def test_the_lstm_head_model_learns(tweets_csv: Path, tmp_path: Path) -> None:

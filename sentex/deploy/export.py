@@ -207,7 +207,7 @@ def export(
     for module, _, path in loaded:
         if runtime == "onnx" and module.family not in ONNX_FAMILIES:
             raise SentexError(f"{path}: a {module.family} checkpoint; --format onnx exports span models only")
-        if runtime == "onnx" and getattr(module.net, "lstm", None) is not None:
+        if runtime == "onnx" and module.net.lstm is not None:
             # torch.export (torch 2.13) specialises the LSTM to the traced length: that length only would run.
             raise SentexError(f"{path}: --format onnx cannot export the LSTM head (head_lstm); use --format torch")
     if len(loaded) > 1:

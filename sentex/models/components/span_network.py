@@ -55,8 +55,7 @@ class SpanNetwork(nn.Module):
             raise ValueError(f"span scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
         hidden = encoder.config.hidden_size
         self.encoder = encoder
-        if lstm:
-            self.lstm = nn.LSTM(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        self.lstm = nn.LSTM(hidden, hidden // 2, batch_first=True, bidirectional=True) if lstm else None
         features = hidden + 2 * (hidden // 2) if lstm else hidden
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(features, 2)
@@ -72,10 +71,9 @@ class SpanNetwork(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         hidden = self.encoder(**inputs).last_hidden_state
-        lstm = getattr(self, "lstm", None)
-        if lstm is not None:
+        if self.lstm is not None:
             # The LSTM runs in its own dtype (a bf16 export casts it with the heads).
-            context, _ = lstm(hidden.to(lstm.weight_ih_l0.dtype))
+            context, _ = self.lstm(hidden.to(self.lstm.weight_ih_l0.dtype))
             hidden = torch.cat([hidden, context.to(hidden.dtype)], dim=-1)
         hidden = self.dropout(hidden)
         logits = self.head(hidden).float()
