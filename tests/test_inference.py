@@ -23,6 +23,8 @@ from sentex.deploy.quant.int4 import (
 )
 from sentex.deploy.quant.int8 import (
     SCALE_SUFFIX,
+    RowScaledDynamicLinear,
+    cpu_has_vnni,
     dequantize_rows,
     dynamic_int8,
     load_int8_into,
@@ -67,7 +69,7 @@ def test_int8_file_roundtrip_keeps_ties_and_t5_wo(tiny_t5: Path, tmp_path: Path)
     assert torch.equal(fresh.state_dict()[wo], model.state_dict()[wo])
     assert torch.allclose(fresh.lm_head.weight, model.lm_head.weight, atol=0.02)
 
-    dynamic_int8(fresh, ["wo"], packed)
+    dynamic_int8(fresh, ["wo"], packed, compute="int8")
     wi = fresh.encoder.block[0].layer[1].DenseReluDense.wi
     assert type(fresh.encoder.block[0].layer[1].DenseReluDense.wo) is nn.Linear
     assert type(wi) is not nn.Linear  # the dynamic-quantized Linear
@@ -109,28 +111,68 @@ def test_int4_groups_error_is_at_most_half_a_step_and_file_roundtrips(tiny_t5: P
     assert type(odd[0]) is nn.Linear
 
 
-def test_full_range_activations_are_more_accurate() -> None:
+def int8_linear_errors(x: torch.Tensor) -> dict[bool, float]:
+    """Mean absolute error of an int8 Linear against its float32 original, with 7-bit and 8-bit activations."""
     torch.manual_seed(0)
     linear = nn.Linear(64, 32).eval()
-    x = torch.randn(16, 64) * 3
     errors = {}
     for full in (False, True):
-        q = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [], full_range=full)
-        assert type(q[0]).__name__ == ("FullRangeDynamicLinear" if full else "Linear")
+        q = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [], full_range=full, compute="int8")
+        assert type(q[0]) is RowScaledDynamicLinear and q[0].full_range is full
         with torch.no_grad():
             errors[full] = (q(x) - linear(x)).abs().mean().item()
+    return errors
+
+
+@pytest.mark.skipif(not cpu_has_vnni(), reason="about CPUs with VNNI/AMX (int32 accumulation); twin below")
+def test_full_range_activations_are_more_accurate_where_the_cpu_accumulates_in_int32() -> None:
+    errors = int8_linear_errors(torch.randn(16, 64) * 3)
     assert errors[True] < 0.75 * errors[False]
+
+
+@pytest.mark.skipif(cpu_has_vnni(), reason="about CPUs without VNNI (fbgemm's saturating int16 pairs); twin above")
+def test_full_range_activations_saturate_without_vnni_so_7_bits_are_the_default() -> None:
+    errors = int8_linear_errors(torch.randn(16, 64) * 3)
+    assert errors[False] < 0.5 * errors[True]  # 8 bits overflow int16 pair sums: far worse than 7
+    assert dynamic_int8(nn.Sequential(nn.Linear(4, 2)), [], compute="int8")[0].full_range is False
+    # ... and int8 kernels are not used by default there: the weights are computed in float32
+    assert type(dynamic_int8(nn.Sequential(nn.Linear(4, 2)), [])[0]) is nn.Linear
+
+
+def test_int8_rows_are_quantized_alone_so_a_row_gets_the_same_output_in_any_batch() -> None:
+    """One scale per row: a row's output is identical whether its batch holds huge rows or not (#24)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32).eval()
+    q = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [], compute="int8")
+    row = torch.randn(1, 64)
+    batch = torch.cat([row, torch.randn(7, 64) * 50])  # rows 50x larger would set a per-batch scale
+    with torch.no_grad():
+        alone, together, want = q(row), q(batch)[:1], linear(row)
+    assert torch.equal(alone, together)
+    assert (alone - want).abs().max() < 0.05 * want.abs().max()  # and the small row keeps its precision
 
 
 def test_packing_engine_is_restored_and_outputs_agree() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(32, 16).eval()
     before = torch.backends.quantized.engine
-    quantized = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [])
+    quantized = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [], compute="int8")
     assert torch.backends.quantized.engine == before
     x = torch.randn(4, 32)
     with torch.no_grad():
         assert torch.allclose(quantized(x), linear(x), atol=0.05)
+
+
+def test_float_compute_keeps_the_linear_with_its_weights_rounded_to_int8() -> None:
+    """Weight-only int8 (CPUs without VNNI): float32 Linear layers holding exactly the int8 values."""
+    torch.manual_seed(0)
+    linear = nn.Linear(32, 16).eval()
+    got = dynamic_int8(nn.Sequential(copy.deepcopy(linear)), [], compute="float")[0]
+    assert type(got) is nn.Linear and not torch.equal(got.weight, linear.weight)
+    assert torch.equal(got.weight, dequantize_rows(*quantize_rows(linear.weight)))
+    assert torch.equal(got.bias, linear.bias)
+    with pytest.raises(ValueError, match="int8 compute must be one of int8, float"):
+        dynamic_int8(nn.Sequential(nn.Linear(2, 2)), [], compute="int4")
 
 
 def test_quantizable_weights_skip_kept_modules(tiny_t5: Path) -> None:

@@ -100,7 +100,8 @@ QUANTIZERS: dict[str, Quantizer] = {
         save_int8,
         _load_int8,
         "symmetric per-row int8 weights + float32 scales (Linear and Embedding)",
-        "torch dynamic int8 Linear (quantize_dynamic, per-channel weights); embeddings float32",
+        "torch dynamic int8 Linear with per-token activation scales where the CPU has VNNI/AMX, else the int8 "
+        "weights computed in float32; embeddings float32",
     ),
     "int4": Quantizer(
         "model.int4.safetensors",

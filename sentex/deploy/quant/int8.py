@@ -5,14 +5,15 @@ symmetric per-row int8 plus one float32 scale per row (``w ≈ q * scale``); eve
 (biases, norms, the layers in ``keep``) stays float32. Tensors that alias another (tied
 embeddings) are stored once and listed in the file's metadata.
 
-At load time the weights are dequantized into an ordinary float32 model, and each ``nn.Linear``
-not in ``keep`` is swapped for torch's dynamic-quantized int8 Linear
-(``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantized per batch) whose
-weight is set to exactly the stored int8 values. Embeddings stay float32 in memory: a lookup
-costs nothing to compute, so int8 there only saves disk. Two CPU-dependent choices, both picked
-by measurement: 8-bit rather than 7-bit activations where the CPU has VNNI/AMX
-(:class:`FullRangeDynamicLinear`), and weights packed for oneDNN where it has AMX
-(:func:`packing_engine`).
+At load time the weights are dequantized into an ordinary float32 model. Where the CPU has
+VNNI/AMX (:func:`int8_compute`), each ``nn.Linear`` not in ``keep`` is then swapped for a
+dynamic-quantized int8 Linear on torch's fbgemm/oneDNN kernels (:class:`RowScaledDynamicLinear`:
+int8 weights, activations quantized with one scale per token, so an answer does not depend on its
+batch) whose weight is set to exactly the stored int8 values. Elsewhere (AVX2 only) the
+dequantized weights are computed in float32. Embeddings stay float32 in memory: a lookup costs
+nothing to compute, so int8 there only saves disk. The CPU-dependent choices were picked by
+measurement: int8 kernels only with VNNI/AMX, 8-bit activations there, and weights packed for
+oneDNN where the CPU has AMX (:func:`packing_engine`).
 
 T5's feed-forward output projections (``wo``) must stay in higher precision, otherwise int8
 FLAN-T5 produces garbage (https://github.com/huggingface/transformers/issues/20287).
@@ -152,18 +153,48 @@ def load_int8_into(model: nn.Module, path: Path) -> dict[str, tuple[torch.Tensor
     return packed
 
 
-class FullRangeDynamicLinear(DynamicLinear):
-    """Dynamic int8 Linear that quantizes activations to 8 bits instead of torch's default 7.
+class RowScaledDynamicLinear(DynamicLinear):
+    """Dynamic int8 Linear whose activations are quantized with one scale per row (token), not per batch.
 
-    torch reduces the activation range by one bit because fbgemm's AVX2 kernels add pairs of
-    u8*s8 products in saturating int16 (255*127*2 overflows). CPUs with VNNI/AMX accumulate in
-    int32, so the full range is safe there, and the extra bit matters: on MiniLM it moved the
-    cosine similarity of hidden states to fp32 from 0.957 to 0.988 (mean over 64 tweets).
+    torch's dynamic Linear quantizes its whole input with one scale: a tweet's answer then depends on
+    what it is batched with (the largest activation in the batch sets everyone's step), and one
+    outlier token (often ``[CLS]``) coarsens every other token's step (issue #24). Here each row
+    ``x_i`` is divided by its own ``a_i = max|x_i|``, so every row lies in ``[-1, 1]``; one
+    calibration row ``(1, -1, 0, ...)`` appended to the batch pins the quantizer's range to exactly
+    ``[-1, 1]`` whatever the batch holds; fbgemm's int8 kernel then multiplies, and the row is scaled
+    back: ``y_i = a_i · (W x_i / a_i) + b``. Integer accumulation is exact, so a row's output is the
+    same in any batch. The bias is added afterwards in float32 (it must not be scaled by ``a_i``).
+
+    Activations use 8 bits where the CPU accumulates pairs in int32 (VNNI/AMX) and 7 bits elsewhere:
+    fbgemm's AVX2 kernels add pairs of u8·s8 products in saturating int16, so 255·127·2 overflows
+    (torch's ``reduce_range``). Measured in ``bench/export_bench.py`` (README: "int8 on both kinds of CPU").
     """
 
+    full_range: bool = False
+    float_bias: torch.Tensor | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1]).float()
+        n, width = rows.shape
+        amax = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True)
+        amax = amax.masked_fill_(amax == 0, 1.0)
+        # Rows divided by their own maximum, then two calibration entries (1 and -1) in one extra
+        # row that pin the quantizer's range; written into one buffer to spare a copy.
+        scaled = rows.new_zeros(n + 1, width)
+        torch.div(rows, amax, out=scaled[:n])
+        scaled[n, 0], scaled[n, -1] = 1.0, -1.0
+        if width == 1:  # one input feature: zeros pin 0 in the range, the sign of 1 is what rows lack
+            scaled = torch.cat([scaled, scaled.new_tensor([[1.0], [-1.0]])])
         packed = self._packed_params._packed_params
-        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False).to(x.dtype)
+        out = torch.ops.quantized.linear_dynamic(scaled, packed, reduce_range=not self.full_range)[:n]
+        out.mul_(amax)
+        if self.float_bias is not None:
+            out.add_(self.float_bias)
+        return out.reshape(*shape[:-1], out.shape[-1]).to(x.dtype)
+
+    def _get_name(self) -> str:
+        return "RowScaledDynamicLinear"
 
 
 def cpu_flags() -> set[str]:
@@ -203,36 +234,74 @@ def quantized_engine(name: str) -> Iterator[None]:
         torch.backends.quantized.engine = previous
 
 
+INT8_COMPUTES = ("int8", "float")
+
+
+def int8_compute() -> str:
+    """How int8 weights are computed with on this CPU: ``int8`` kernels where it has VNNI/AMX, else ``float``.
+
+    Without VNNI, fbgemm adds pairs of u8·s8 products in saturating int16, which forces 7-bit
+    activations; on an AMD EPYC (AVX2 only) that cost a random-head MiniLM classifier 0.057 in
+    probability even with per-token scales (0.005 with the int8 weights computed in float32), while
+    int8 kernels gained little speed there (issue #24; README "int8 on both kinds of CPU"). So such a
+    CPU keeps the int8 file (a third of the size on disk) and multiplies the dequantized weights in
+    float32: answers as exact as the rounding of the weights allows, and batch-invariant.
+    """
+    return "int8" if cpu_has_vnni() else "float"
+
+
 def dynamic_int8(
-    model: nn.Module, keep: Sequence[str], packed: dict | None = None, full_range: bool | None = None
+    model: nn.Module,
+    keep: Sequence[str],
+    packed: dict | None = None,
+    full_range: bool | None = None,
+    compute: str | None = None,
 ) -> nn.Module:
-    """Swap every ``nn.Linear`` not in ``keep`` for torch's dynamic int8 Linear (in place).
+    """Swap every ``nn.Linear`` not in ``keep`` for a :class:`RowScaledDynamicLinear` (in place).
 
     Args:
-        model: a float32 model in eval mode.
+        model: a float32 model in eval mode (with the int8 weights already dequantized into it, when
+            it comes from :func:`load_int8_into`).
         keep: module names (last component) left in float32.
         packed: ``{weight key: (int8, scale)}`` from :func:`load_int8_into`; these exact values
             become the int8 weights (otherwise torch's per-channel observer picks them).
-        full_range: 8-bit activations (:class:`FullRangeDynamicLinear`); default: where the CPU has VNNI.
+        full_range: 8-bit activations; default: where the CPU has VNNI/AMX (7-bit elsewhere).
+        compute: ``int8`` (int8 kernels) or ``float`` (leave the model as it is: weight-only int8);
+            default :func:`int8_compute`.
 
     Returns:
         The quantized model.
     """
+    compute = int8_compute() if compute is None else compute
+    if compute not in INT8_COMPUTES:
+        raise ValueError(f"int8 compute must be one of {', '.join(INT8_COMPUTES)}, got {compute!r}")
+    if compute == "float":
+        if packed is None:  # a float model: round its weights as the int8 file would
+            with torch.no_grad():
+                for name, module in model.named_modules():
+                    if isinstance(module, nn.Linear) and not is_kept(name, keep):
+                        module.weight.copy_(dequantize_rows(*quantize_rows(module.weight)))
+        return model
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_kept(n, keep)]
     full_range = cpu_has_vnni() if full_range is None else full_range
-    mapping = {nn.Linear: FullRangeDynamicLinear if full_range else DynamicLinear}
     with warnings.catch_warnings(), quantized_engine(packing_engine()):
         # torch.ao.quantization is deprecated in favour of torchao, but in torch 2.13 it is still
         # the int8 path with fast x86 (fbgemm) kernels and no extra dependency; see the bench notes.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_channel.*deprecated", category=UserWarning)
         qconfigs = {n: per_channel_dynamic_qconfig for n in names}
+        mapping = {nn.Linear: RowScaledDynamicLinear}
         quantize_dynamic(model, qconfigs, dtype=torch.qint8, mapping=mapping, inplace=True)
         modules = dict(model.named_modules())
         for name in names:
+            module = modules[name]
+            weight, bias = module.weight(), module.bias()
             if packed and f"{name}.weight" in packed:
                 q, scale = packed[f"{name}.weight"]
                 zero = torch.zeros_like(scale, dtype=torch.long)
                 weight = torch.quantize_per_channel(dequantize_rows(q, scale), scale.double(), zero, 0, torch.qint8)
-                modules[name].set_weight_bias(weight, modules[name].bias())
+            # The bias is added after the row scale is undone, so it is packed without one.
+            module.set_weight_bias(weight, None)
+            module.float_bias = None if bias is None else bias.detach().float().clone()
+            module.full_range = full_range
     return model
