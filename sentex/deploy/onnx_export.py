@@ -1,7 +1,7 @@
-"""``sentex export --format onnx``: the span network as one ONNX graph, fp32 or ONNX Runtime dynamic int8.
+"""``sentex export --format onnx``: the span network as one ONNX graph, fp32 or with int8 weights.
 
 What is exported is the span network inference runs: the (LoRA-merged) encoder and the heads put
-together by :func:`sentex.deploy.load.assemble_span_network`, exactly as a torch fp32 export is
+together by :func:`sentex.deploy.assembly.assemble_span_network`, exactly as a torch fp32 export is
 loaded, behind :class:`SpanGraph`, which only turns its ``SpanLogits`` into a tuple of tensors (ONNX
 outputs cannot be ``None``). Tokenizing and decoding (span choice, offsets, neutral rule, label
 shift) are not in the graph: :class:`~sentex.models.components.span_codec.SpanCodec` does them for
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from sentex.deploy.format import ONNX_WEIGHTS
+from sentex.deploy.onnx_quantize import quantize_weights_int8
 from sentex.deploy.onnx_runtime import OUTPUTS, OnnxSpanNetwork, import_optional
 from sentex.errors import SentexError
 from sentex.io.checkpoints import first_line
@@ -53,11 +54,16 @@ CHECK_ROWS = [
     {"text": "  Sooo happy  today!!", "sentiment": "positive"},
 ]
 ONNX_INT8 = {
-    "storage": "ONNX Runtime dynamic quantization: MatMul weights int8 per output column, embeddings (Gather) int8, "
-    "float32 scales",
-    "runtime": "ONNX Runtime MatMulInteger with activations quantized per batch (DynamicQuantizeLinear, uint8)",
-    "kept_fp32": ["LayerNorm", "softmax", "attention score MatMuls (two activations)"],
+    "storage": "MatMul weights int8 per output column, embeddings (Gather) int8 per row, float32 scales",
+    "runtime": "ONNX Runtime: DequantizeLinear then float32 MatMul (weight-only: answers do not depend on the batch)",
+    "kept_fp32": ["LayerNorm", "biases", "activations"],
 }
+# The int8 graph vs the torch network on the check batch; beyond these bounds the export is refused. Weight
+# rounding alone moves the logits of an untrained MiniLM span network by up to 0.25 (of logits up to 1.2), so the
+# bound is on their direction: cosine of the start and end logits over the real tokens (measured 0.99+ on
+# untrained and trained networks), and the share of check rows whose most likely start and end tokens are fp32's.
+INT8_CHECK_COSINE = 0.95
+INT8_CHECK_AGREEMENT = 2 / 3
 
 
 @contextlib.contextmanager
@@ -126,25 +132,27 @@ def export_graph(net: SpanNetwork, codec: SpanCodec, path: Path) -> dict[str, An
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """ONNX Runtime's dynamic int8 quantization of the fp32 graph ``source`` into ``target``.
-
-    Weights of the MatMuls with a constant weight (every Linear) become int8 with one scale per output
-    column, the embedding tables int8 too; activations are quantized per batch at run time, as torch's
-    dynamic int8 does. Measured on a real span checkpoint (4,947 validation rows): per column 0.7080
-    vs fp32 0.7092; one scale per tensor 0.7053; embeddings left float32 (2.5x the file) no better
-    (0.7055). Full 8-bit weights (no ``reduce_range``) suit VNNI/AMX CPUs, as for torch's int8.
-    """
-    quantization = import_optional("onnxruntime.quantization", "--format onnx --dtype int8")
+    """The fp32 graph ``source`` with int8 weights (:func:`~sentex.deploy.onnx_quantize.quantize_weights_int8`)."""
     try:
-        with quiet_logger(""):  # it advises shape pre-processing on the root logger; static quantization needs that
-            quantization.quantize_dynamic(
-                str(source),
-                str(target),
-                weight_type=quantization.QuantType.QInt8,
-                per_channel=True,
-            )
+        quantize_weights_int8(source, target)
+    except SentexError:
+        raise
     except Exception as err:
         raise SentexError(f"ONNX int8 quantization failed: {first_line(err)}") from None
+
+
+def int8_agreement(graph: OnnxSpanNetwork, net: SpanNetwork, inputs: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """How closely ``graph`` follows ``net``: the lower cosine of the start and end logits over the real tokens,
+    and the share of rows whose most likely start and end token (padding excluded) are the same in both."""
+    with torch.no_grad():
+        want, got = net(**inputs), graph(**inputs)
+    real = inputs["attention_mask"] == 1
+    same = torch.ones(real.shape[0], dtype=torch.bool)
+    cosine = 1.0
+    for g, w in ((got.start, want.start), (got.end, want.end)):
+        cosine = min(cosine, torch.cosine_similarity(g[real], w[real], dim=0).item())
+        same &= g.masked_fill(~real, -1e9).argmax(dim=1) == w.masked_fill(~real, -1e9).argmax(dim=1)
+    return cosine, same.float().mean().item()
 
 
 def max_logit_difference(graph: OnnxSpanNetwork, net: SpanNetwork, inputs: dict[str, torch.Tensor]) -> float:
@@ -174,7 +182,16 @@ def write_onnx(net: SpanNetwork, codec: SpanCodec, folder: Path, dtype: str) -> 
         target = folder / ONNX_WEIGHTS["int8"]
         quantize_int8(fp32_path, target)
         fp32_path.unlink()
-        facts["max_abs_logit_diff_int8"] = round(max_logit_difference(OnnxSpanNetwork(target), net, inputs), 6)
+        graph = OnnxSpanNetwork(target)
+        cosine, agreement = int8_agreement(graph, net, inputs)
+        if not (cosine >= INT8_CHECK_COSINE and agreement >= INT8_CHECK_AGREEMENT):
+            raise SentexError(
+                f"ONNX int8 export failed: its logits' cosine to torch's is {cosine:.3f} (bound {INT8_CHECK_COSINE:g}); "
+                f"{agreement:.0%} of the check rows keep their boundaries (bound {INT8_CHECK_AGREEMENT:.0%})"
+            )
+        facts["max_abs_logit_diff_int8"] = round(max_logit_difference(graph, net, inputs), 6)
+        facts["logit_cosine_int8"] = round(cosine, 5)
+        facts["boundary_agreement_int8"] = round(agreement, 4)
     onnx = import_optional("onnx", "--format onnx")
     facts["versions"] = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
     return facts
