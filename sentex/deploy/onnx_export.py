@@ -186,8 +186,8 @@ def write_onnx(net: SpanNetwork, codec: SpanCodec, folder: Path, dtype: str) -> 
         cosine, agreement = int8_agreement(graph, net, inputs)
         if not (cosine >= INT8_CHECK_COSINE and agreement >= INT8_CHECK_AGREEMENT):
             raise SentexError(
-                f"ONNX int8 export failed: its logits' cosine to torch's is {cosine:.3f} (bound {INT8_CHECK_COSINE:g}); "
-                f"{agreement:.0%} of the check rows keep their boundaries (bound {INT8_CHECK_AGREEMENT:.0%})"
+                f"ONNX int8 export failed: its logits' cosine to torch's: {cosine:.3f} (bound {INT8_CHECK_COSINE:g}), "
+                f"{agreement:.0%} of check rows keep their boundaries (bound {INT8_CHECK_AGREEMENT:.0%})"
             )
         facts["max_abs_logit_diff_int8"] = round(max_logit_difference(graph, net, inputs), 6)
         facts["logit_cosine_int8"] = round(cosine, 5)
