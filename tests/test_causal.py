@@ -23,9 +23,10 @@ from sentex.data import TweetDataModule
 from sentex.errors import SentexError
 from sentex.models import CausalExtractor
 from sentex.models.components.causal_codec import DEFAULT_INSTRUCTION, PLAIN_TEMPLATE, CausalCodec
-from sentex.models.components.causal_match import closest_substring
 from tests.conftest import CONFIG_DIR, TEXTS, TWEETS, require_module, save_untrained, sentex, write_rows
-from tests.test_dpo import assert_policy_learns_reference_stays, fit_steps
+from tests.helpers import fit_steps
+from tests.helpers import fit_steps as fit
+from tests.test_dpo import assert_policy_learns_reference_stays
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -72,15 +73,6 @@ def rows(sentiments: tuple[str, ...] = ("positive", "negative", "neutral")) -> l
     return [
         {"textID": t[0], "text": t[1], "selected_text": t[2], "sentiment": t[3]} for t in TWEETS if t[3] in sentiments
     ]
-
-
-def fit(model: pl.LightningModule, data: Path, root: Path, steps: int) -> pl.Trainer:
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=root,
-    )  # fmt: skip
-    trainer.fit(model, TweetDataModule(train_path=str(data), val_path=str(data), batch_size=4))
-    return trainer
 
 
 # --- codec ---------------------------------------------------------------------------------------
@@ -140,24 +132,39 @@ def test_only_the_adapter_trains_and_checkpoints_hold_it_alone(tiny_llama: Path,
     assert saved["sentex"]["family"] == "causal" and set(saved["state_dict"]) == trainable
 
 
-def test_generation_answers_with_substrings_and_neutral_by_rule(tiny_llama: Path, tmp_path: Path) -> None:
-    """A random model writes nonsense: every answer is still the tweet's substring, and the rate is logged."""
+REPLIES = {  # replies a model could write for the opinionated tweets: (reply, answer it must become, exact)
+    " I love this sunny morning": ("LOVE this", "love this", True),  # in another case
+    "my phone died again, worst day": ("worst  day", "worst day", True),  # with other spacing
+    "so happy for you both!": ("So Happy", "so happy", True),
+    " hate waiting in lines": ("i hate waiting", "hate waiting", False),  # the closest run of words
+    "great game last night": ("great game", "great game", True),
+    "feeling sick and tired": ("wonderful", "feeling sick and tired", False),  # nothing shared: the tweet
+}
+
+
+def test_generation_answers_with_substrings_and_neutral_by_rule(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A random model writes nonsense: answers are still substrings. Known replies: known answers and rates."""
     torch.manual_seed(0)
     for generation in ({"num_beams": 1, "max_new_tokens": 6}, {"num_beams": 3, "max_new_tokens": 6}):
         model = CausalExtractor(str(tiny_llama), generation=generation, **LORA).eval()
         batch = model.collate(rows())
-        answers = model.codec.answers(model.net, batch)
-        for answer, text, sentiment in zip(answers, batch["text"], batch["sentiment"]):
-            assert answer.phrase in text
-            if sentiment == "neutral":
-                assert answer.generated is None and answer.phrase == text.strip()
-            else:
-                assert answer.generated is not None
-                assert answer.exact == (closest_substring(answer.generated, text).exact)
-    data = write_rows(tmp_path / "v.csv", TWEETS)
+        for answer, text, sentiment in zip(model.codec.answers(model.net, batch), batch["text"], batch["sentiment"]):
+            assert answer.phrase in text and (answer.generated is None) == (sentiment == "neutral")
+            assert sentiment != "neutral" or answer.phrase == text.strip()
+    monkeypatch.setattr(model.codec, "generate", lambda net, b, rows, **kw: [REPLIES[b["text"][i]][0] for i in rows])
+    assert [(a.phrase, a.generated, a.exact) for a in model.codec.answers(model.net, batch)] == [
+        (REPLIES[t][1], REPLIES[t][0], REPLIES[t][2]) if t in REPLIES else (t.strip(), None, True)
+        for t in batch["text"]
+    ]
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    (metrics,) = trainer.validate(model, TweetDataModule(train_path=str(data), val_path=str(data), batch_size=4))
-    assert 0.0 <= metrics["val/non_substring"] <= 1.0 and "val/jaccard_neutral" in metrics
+    data = str(write_rows(tmp_path / "v.csv", TWEETS))
+    (metrics,) = trainer.validate(model, TweetDataModule(train_path=data, val_path=data, batch_size=5))
+    # Batches a1-a5 and a6-a8 hold 1 of 4 and 1 of 2 mapped replies: 2/6 overall, not their mean 3/8.
+    # Every answer is its phrase but a5's "hate waiting" for "hate" (1/2) and a8's whole tweet (3/4).
+    assert metrics["val/non_substring"] == pytest.approx(2 / 6)
+    assert metrics["val/jaccard"] == pytest.approx((6 + 1 / 2 + 3 / 4) / 8)
     assert metrics["val/jaccard_neutral"] == pytest.approx(1.0)
 
 
@@ -351,6 +358,7 @@ def test_real_smollm2_learns_in_a_few_steps(smollm2: str) -> None:
         ("quantize_base", "int3", "model.quantize_base must be null or one of nf4"),
         ("optimizer", "sgd", "model.optimizer must be one of adamw, adamw_8bit, got 'sgd'"),
         ("instruction", "Find the phrase in {text}", "model.instruction must contain {sentiment}"),
+        ("max_length", "12", "model.max_length is 12, but the prompt without the tweet (chat template, instruction"),
     ],
 )
 def test_bad_settings_are_one_line_errors(

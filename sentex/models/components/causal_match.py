@@ -4,6 +4,8 @@ A decoder-only model writes its answer token by token, so it can change case or 
 character or paraphrase. The competition scores words of the tweet, so sentex answers with the
 tweet's own text: the answer itself where it occurs, else the contiguous run of the tweet's words
 closest to it in word Jaccard (the competition metric), on words with their punctuation stripped.
+:func:`find_ignoring_case` is the one case-insensitive search of every family and the app: its spans
+are the tweet's own, also where lower-casing lengthens it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
-
-from sentex.metrics import jaccard
 
 
 @dataclass(frozen=True)
@@ -52,23 +52,87 @@ def closest_substring(generated: str, text: str) -> Match:
     cleaned = " ".join(generated.split())
     words = [m.span() for m in re.finditer(r"\S+", text)]  # the metric's words (models never import alignment)
     if cleaned:
-        start = text.lower().find(cleaned.lower())
-        if start >= 0:
-            return Match(text[start : start + len(cleaned)], True)
+        span = find_ignoring_case(text, cleaned)
+        if span is not None:
+            return Match(text[span[0] : span[1]], True)
         target = cleaned.lower().split()
         lowered = [text[a:b].lower() for a, b in words]
         for first in range(len(words) - len(target) + 1):
             if lowered[first : first + len(target)] == target:
                 return Match(text[words[first][0] : words[first + len(target) - 1][1]], True)
-    bare_generated = _bare(cleaned)
-    bare_words = [_bare(text[a:b]) for a, b in words]
-    best, best_key = text.strip(), (0.0, 0, 0)
-    for first in range(len(words)):
-        for last in range(first, len(words)):
-            key = (jaccard(" ".join(bare_words[first : last + 1]), bare_generated), first - last, -first)
-            if key[0] > 0 and key > best_key:
-                best, best_key = text[words[first][0] : words[last][1]], key
-    return Match(best, False)
+    run = _closest_run([_bare(text[a:b]) for a, b in words], _bare(cleaned))
+    if run is None:
+        return Match(text.strip(), False)
+    return Match(text[words[run[0]][0] : words[run[1]][1]], False)
+
+
+def _closest_run(words: list[str], generated: str) -> tuple[int, int] | None:
+    """``(first, last)`` indices of the run of ``words`` with the highest word Jaccard to ``generated``.
+
+    Ties go to the shortest run, then the first; ``None`` when no word is shared. Scoring every run
+    from scratch is O(W^3) in the number of words (minutes for a 5,000-character tweet of one-letter
+    words); this is O(W x D), D the number of distinct words, and computes each score exactly as
+    :func:`~sentex.metrics.jaccard` does.
+
+    For one first word, a run's score changes only where a longer run takes in a word it did not hold
+    yet, and of runs with the same score the shortest wins: so the only candidate last words are
+    the next occurrence of each distinct word. Walking the first word from the end of the tweet to its
+    start, the distinct words ordered by their next occurrence are kept as a list: the word at the
+    new first position moves to its front.
+
+    >>> _closest_run(["a", "b", "c", "b"], "b c d")
+    (1, 2)
+    >>> _closest_run(["a", "b"], "z") is None
+    True
+    """
+    target = set(generated.lower().split())
+    tokens = [w.lower() for w in words]  # each bare word is one metric word (see jaccard's lower().split())
+    ahead: list[str] = []  # distinct words from position ``first`` on, by next occurrence
+    next_at: dict[str, int] = {}
+    best: tuple[float, int, int] | None = None  # (score, first - last, -first): the largest wins
+    for first in range(len(tokens) - 1, -1, -1):
+        token = tokens[first]
+        if token in next_at:
+            ahead.remove(token)
+        ahead.insert(0, token)
+        next_at[token] = first
+        if token not in target:
+            # a run starting at a word the answer lacks scores no better than the run after it, and is longer
+            continue
+        shared = 0
+        for size, word in enumerate(ahead, start=1):
+            if word not in target:
+                continue  # a longer run with no new shared word: a lower score than the run before it
+            shared += 1
+            key = (shared / (size + len(target) - shared), first - next_at[word], -first)
+            if best is None or key > best:
+                best = key
+            if shared == len(target):
+                break  # every later run only adds words the answer lacks
+    return None if best is None else (-best[2], -best[2] - best[1])
+
+
+def find_ignoring_case(text: str, phrase: str) -> tuple[int, int] | None:
+    """Character span in ``text`` of the first occurrence of ``phrase``, ignoring case.
+
+    The search runs on ``str.lower()`` of both, but the span is in ``text``'s own characters:
+    lowering can lengthen a string (``"İ"`` becomes ``"i"`` + a combining dot), so an offset in
+    the lowered tweet is not one in the tweet. Each lowered character is traced back to the
+    character it came from; a match that starts or ends inside such a pair takes the whole character.
+
+    >>> find_ignoring_case("İstanbul is GREAT", "great")
+    (12, 17)
+    >>> find_ignoring_case("so happy", "sad") is None, find_ignoring_case("so happy", "") is None
+    (True, True)
+    """
+    needle = phrase.lower()
+    start = text.lower().find(needle) if needle else -1
+    if start < 0:
+        return None
+    # str.lower maps each character on its own except for the final sigma, which keeps its length,
+    # so the lowered text is the characters' lowerings end to end.
+    source = [i for i, char in enumerate(text) for _ in char.lower()]
+    return source[start], source[start + len(needle) - 1] + 1
 
 
 def _bare(phrase: str) -> str:

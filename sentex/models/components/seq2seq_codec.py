@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sentex.models.components.causal_match import find_ignoring_case
+
 Batch = dict[str, Any]
 DEFAULT_PROMPT = "Extract the {sentiment} sentiment phrase from: {text}"
 DEFAULT_GENERATION = {"num_beams": 1, "max_new_tokens": 64}
@@ -29,8 +31,8 @@ def restore_source_case(prediction: str, text: str) -> str:
     'not there'
     """
     cleaned = " ".join(prediction.split())
-    start = text.lower().find(cleaned.lower()) if cleaned else -1
-    return text[start : start + len(cleaned)] if start >= 0 else cleaned
+    span = find_ignoring_case(text, cleaned)
+    return text[span[0] : span[1]] if span is not None else cleaned
 
 
 def label_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
