@@ -3,12 +3,15 @@
 One server (an untrained span checkpoint on the packaged MiniLM, small limits so the over-limit cases stay
 small) serves every request test; its answers must equal ``sentex.load(...).extract`` on the same rows, one
 item, a list, and many concurrent requests (which LitServe batches). Bad requests (a missing sentiment included:
-this server has no sentiment model) must get a 4xx with a one-line ``error`` and leave the server serving.
+this server has no sentiment model; JSON nested too deeply; a body over the size limit, whether it declares its
+length or comes in chunks, refused before the rest of it arrives) must get a 4xx with a one-line ``error`` and
+leave the server serving.
 Stopping it with SIGTERM must stop every process it started. ``tests/test_serve_sentiment.py`` starts servers
 with a sentiment model and with a classifier through :func:`serving`."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -27,17 +30,13 @@ import pytest
 
 from sentex.deploy.serve import check_port, choose_accelerator
 from sentex.deploy.serve import main as serve_main
+from sentex.deploy.serve_requests import Limits
 from sentex.errors import SentexError
 from tests.conftest import SENTIMENTS, TEXTS, require_module, sentex, sentex_command, sentex_env
+from tests.helpers import free_port
 
 MAX_TEXT_CHARS, MAX_ITEMS = 300, 8
 GOOD = {"text": "my phone died again, worst day", "sentiment": "negative"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: Any, raw: bool = False) -> tuple[int, Any]:
@@ -215,6 +214,7 @@ BAD_REQUESTS = {
     "text over the limit": (json.dumps({**GOOD, "text": "a" * 301}).encode(), 413, "the limit is 300"),
     "1 MB text": (json.dumps({**GOOD, "text": "a" * 1_000_000}).encode(), 413, "request body is"),
     "too many items": (json.dumps([GOOD] * (MAX_ITEMS + 1)).encode(), 413, "9 items; the limit is 8"),
+    "JSON nested too deeply": (b"[" * 10_000, 400, "JSON nested too deeply"),  # 10 kB: under the size limit
 }
 
 
@@ -226,6 +226,53 @@ def test_a_bad_request_gets_a_4xx_and_the_next_good_one_works(server: str, case:
     assert set(got) == {"error"} and reason in got["error"] and "\n" not in got["error"]
     if "sentiment model" in case:
         assert "start it with --sentiment_model" in got["error"]
+    assert post(f"{server}/predict", GOOD)[0] == 200
+
+
+def test_deep_json_beside_the_fields_does_not_reach_the_worker(server: str) -> None:
+    """JSON parses 500 levels, which LitServe's pickling to a worker could not send (a 500): the server
+    answers from the checked fields alone."""
+    deep = json.dumps({**GOOD, "note": json.loads("[" * 500 + "]" * 500)}).encode()
+    assert post(f"{server}/predict", deep, raw=True) == post(f"{server}/predict", GOOD)
+
+
+def raw_post(url: str, head: list[str], body: bytes) -> tuple[int, Any]:
+    """Send ``POST /predict`` with the header lines ``head`` and the bytes ``body`` on a socket, which stays
+    open as a client's still sending would; the status and JSON of the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall("\r\n".join(["POST /predict HTTP/1.1", f"Host: {host}", *head, "", ""]).encode() + body)
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+        except TimeoutError:
+            pytest.fail("no answer within 20 s: the server waits for the rest of the body", pytrace=False)
+        return response.status, json.loads(response.read())
+
+
+def chunked(*parts: bytes) -> bytes:
+    """``parts`` as the chunks of a ``Transfer-Encoding: chunked`` body, without the closing empty chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server: str) -> None:
+    """A 1 GB ``Content-Length`` with 4 kB sent: the 413 comes at once, not after the gigabyte."""
+    limit = Limits(MAX_TEXT_CHARS, MAX_ITEMS).max_body_bytes
+    head = ["Content-Type: application/json", "Content-Length: 1000000000"]
+    status, got = raw_post(server, head, b'{"text": "' + b"a" * 4096)
+    assert (status, got) == (413, {"error": f"request body is 1000000000 bytes; the limit is {limit}"})
+    assert post(f"{server}/predict", GOOD)[0] == 200
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(server: str) -> None:
+    """Chunks without a length read one by one: a whole body under the limit is answered; one that passes
+    the limit gets its 413 as soon as it does, while the client still has more to send."""
+    head = ["Content-Type: application/json", "Transfer-Encoding: chunked"]
+    good, want = json.dumps(GOOD).encode(), post(f"{server}/predict", GOOD)
+    assert raw_post(server, head, chunked(good[:10], good[10:20], good[20:]) + b"0\r\n\r\n") == want
+    limit = Limits(MAX_TEXT_CHARS, MAX_ITEMS).max_body_bytes
+    status, got = raw_post(server, head, chunked(*[b"[" * 1000] * (limit // 1000 + 2)))
+    assert status == 413 and got["error"].startswith(f"request body is over {limit} bytes"), got
     assert post(f"{server}/predict", GOOD)[0] == 200
 
 

@@ -22,11 +22,13 @@ call first) and splits the answers back per request.
 
 Errors: LitServe fails every request of a batch when one of them raises, so bad requests never reach a worker:
 a middleware in the HTTP process checks each one (size, JSON, fields) and answers ``{"error": "<one line>"}``
-with 400 (malformed JSON), 413 (over a limit) or 422 (wrong shape, missing field, unknown sentiment, a missing
+with 400 (malformed JSON, or nested too deeply to parse), 413 (over a limit; a body over the size limit is
+refused before the rest of it is read) or 422 (wrong shape, missing field, unknown sentiment, a missing
 sentiment on a server without sentiment model). The models are loaded once before anything starts, so a bad
 ``--model`` or ``--sentiment_model`` ends ``sentex serve`` with a one-line error; ``/health`` answers 200 once
-every worker has loaded them too, and ``/info`` shows them. LitServe 0.2.19 makes no network calls of its own
-(no telemetry); its ``client.py`` generation is off.
+every worker has loaded them too, and ``/info`` shows them. LitServe makes no network calls of its own (no
+telemetry) in the releases read for it, 0.2.17 and 0.2.19 (:data:`LITSERVE_RANGE` is the tested range); its
+``client.py`` generation is off.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ try:
     from fastapi import HTTPException
     from litserve import LitAPI, LitServer
     from litserve.loops import BatchedLoop
-    from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError:  # main() says how to install it; the module stays importable (doctests, `sentex --help`)
     LitAPI = BatchedLoop = object  # type: ignore[assignment,misc]
     LitServer = None  # type: ignore[assignment,misc]
 
+# The LitServe releases sentex serve is tested on, as pyproject.toml pins them (a test keeps the two equal):
+# BlockingBatchLoop relies on how these queue requests, which LitServe does not promise to keep.
+LITSERVE_RANGE = ">=0.2.17,<0.2.20"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::", "localhost")
 MAIN_PID = [0]  # the process of ``main``, set when it starts serving
 STOPPING = [False]  # set when SIGTERM or Ctrl-C asks the main process to stop
@@ -70,19 +74,35 @@ INFO_KEYS = ("family", "dtype", "base_model", "sentex_version")
 
 
 # --- the worker side -------------------------------------------------------------------------
+def is_request(item: Any) -> bool:
+    """Whether a request-queue item is a request, ``(response_queue_id, uid, timestamp, payload)``, as
+    LitServe's HTTP side queues it; anything else (LitServe's loops know a ``(None,) * 4`` stop value) is not."""
+    return isinstance(item, tuple) and len(item) == 4 and item[1] is not None
+
+
 class BlockingBatchLoop(BatchedLoop):
     """LitServe's batched loop, except that it blocks until a request arrives, then waits at most
-    ``batch_timeout`` for more (LitServe's polls the queue every millisecond, busy even when idle)."""
+    ``batch_timeout`` for more.
+
+    LitServe's own loop polls the queue every millisecond even when idle, and the queue lives in a
+    ``multiprocessing`` Manager, so each poll is a round trip to another process: both stay busy. LitServe
+    has no public setting for this, so this overrides the loop's public ``get_batch_requests`` hook, and
+    relies on the queue's items being :func:`is_request` tuples (``tests/test_serve_litserve.py`` checks
+    both against the installed LitServe; pyproject.toml pins the releases it passed on).
+    """
 
     def get_batch_requests(self, lit_api: Any, request_queue: Any, transport: Any) -> tuple[list, list]:
+        """Up to ``max_batch_size`` requests ``(response_queue_id, uid, payload)``, and the ``(response_queue_id,
+        uid)`` of those that waited longer than the server's timeout; both empty after a second without any."""
         first = self.get_request(request_queue, timeout=1.0)
         if first is None:
             return [], []
         batch, timed_out, item = [], [], first
         deadline = now() + lit_api.batch_timeout
         while item is not None:
-            if item == _SENTINEL_VALUE:
-                raise _StopLoopError()
+            if not is_request(item):
+                # A stop value (LitServe 0.2.17-0.2.19 stop workers with SIGTERM instead): stop as SIGTERM does.
+                raise SystemExit(0)
             response_queue_id, uid, timestamp, payload = item
             if lit_api.request_timeout not in (-1, False, None) and now() - timestamp > lit_api.request_timeout:
                 timed_out.append((response_queue_id, uid))
@@ -314,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_args(args, parser)
     if LitServer is None:
-        raise SentexError("sentex serve needs LitServe: pip install 'litserve>=0.2.19'")
+        raise SentexError(f"sentex serve needs LitServe: pip install 'litserve{LITSERVE_RANGE}'")
     host = "127.0.0.1" if args.host == "localhost" else args.host
     check_port(host, args.port)
     schema, info = load_models(args.model, args.sentiment_model)

@@ -2,7 +2,10 @@
 
 The checks run twice: in the HTTP process (:class:`RequestGate`, which answers a bad request with a 4xx and a
 one-line ``{"error"}`` so it never reaches a model worker, where LitServe would fail the whole batch with it) and
-in the worker (``decode_request``, which cannot fail then). What an item must hold depends on the model served
+in the worker (``decode_request``, which cannot fail then). The gate reads a body only up to the size limit
+(:attr:`Limits.max_body_bytes`: a longer ``Content-Length`` is refused unread, a chunked body as soon as it
+passes the limit), refuses JSON nested too deeply to parse with a 400, and hands LitServe the checked rows
+alone, so nothing a client adds beside them reaches a worker. What an item must hold depends on the model served
 (:class:`Schema`): an extractor takes ``{"text", "sentiment"}``, where the sentiment may be left to the server's
 sentiment model if it has one; a classifier takes ``{"text"}``.
 """
@@ -100,6 +103,10 @@ def parse_json(body: bytes) -> Any:
     Traceback (most recent call last):
     ...
     sentex.deploy.serve_requests.RequestError: malformed JSON: Expecting ',' delimiter at line 1 column 14
+    >>> parse_json(b"[" * 100_000)
+    Traceback (most recent call last):
+    ...
+    sentex.deploy.serve_requests.RequestError: JSON nested too deeply: an item is an object of strings
     """
     try:
         return json.loads(body)
@@ -107,6 +114,8 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, "malformed JSON: the body is not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise RequestError(400, f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    except RecursionError:  # ``[[[[...`` deeper than the interpreter's recursion limit (about 1,000 levels)
+        raise RequestError(400, "JSON nested too deeply: an item is an object of strings") from None
 
 
 def rows_of(payload: Any, limits: Limits, schema: Schema = EXTRACT) -> tuple[list[dict[str, Any]], bool]:
@@ -195,9 +204,59 @@ def class_answer(text: str, label: str, labels: list[str], probs: list[float]) -
 
 
 # --- the HTTP side: checks before LitServe queues a request ------------------------------------
+def declared_length(scope: dict) -> int | None:
+    """The request's ``Content-Length``, or ``None`` (a chunked body declares none).
+
+    >>> declared_length({"headers": [(b"host", b"x"), (b"content-length", b"17")]})
+    17
+    >>> declared_length({"headers": [(b"transfer-encoding", b"chunked")]}) is None
+    True
+    """
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # uvicorn refuses a malformed length before the app sees the request
+    return None
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """The request body, read message by message; ``None`` if the client went away.
+
+    Raises:
+        RequestError: 413 as soon as more than ``limit`` bytes arrived; the rest is never read here
+            (uvicorn discards it as it comes, without keeping it, so the client can read the answer).
+    """
+    body = bytearray()
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise RequestError(413, f"request body is over {limit} bytes (the limit); it was not read further")
+        more = message.get("more_body", False)
+    return bytes(body)
+
+
+def checked_body(rows: list[dict[str, Any]], single: bool) -> bytes:
+    """The body LitServe gets: the checked rows only, as JSON.
+
+    Whatever else the client sent (other keys, however deeply nested) stays out of LitServe, which would
+    parse it again and pickle it to a worker; pickle gives up on a few hundred nesting levels (a 500).
+
+    >>> checked_body([{"text": "ok", "sentiment": None}], True)
+    b'{"text": "ok", "sentiment": null}'
+    """
+    return json.dumps(rows[0] if single else rows).encode()
+
+
 class RequestGate:
-    """ASGI middleware in front of ``POST <path>``: the whole body is read (what is over the limit is
-    discarded, so the client gets its answer), checked, and handed on unchanged, or refused."""
+    """ASGI middleware in front of ``POST <path>``: the body is read up to the size limit (a larger
+    ``Content-Length`` is refused before anything is read), checked, and handed on as its checked rows,
+    or refused with a 4xx and a one-line ``{"error"}``."""
 
     def __init__(self, app: Any, limits: Limits, schema: Schema = EXTRACT, path: str = "/predict") -> None:
         self.app, self.limits, self.schema, self.path = app, limits, schema, path
@@ -206,26 +265,23 @@ class RequestGate:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body, size, more = bytearray(), 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= self.limits.max_body_bytes:
-                body += chunk
-            more = message.get("more_body", False)
+        limit = self.limits.max_body_bytes
         try:
-            if size > self.limits.max_body_bytes:
-                raise RequestError(413, f"request body is {size} bytes; the limit is {self.limits.max_body_bytes}")
-            rows_of(parse_json(bytes(body)), self.limits, self.schema)
+            declared = declared_length(scope)
+            if declared is not None and declared > limit:
+                raise RequestError(413, f"request body is {declared} bytes; the limit is {limit}")
+            body = await read_body(receive, limit)
+            if body is None:
+                return
+            checked = checked_body(*rows_of(parse_json(body), self.limits, self.schema))
         except RequestError as err:
             await JSONResponse({"error": str(err)}, err.status)(scope, receive, send)
             return
         # The body is JSON whatever the client said (``curl -d`` says form data, which LitServe would parse as such).
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
-        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        replaced = (b"content-type", b"content-length", b"transfer-encoding")  # they described the client's body
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in replaced]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(checked)).encode())]
+        scope = {**scope, "headers": headers}
         replayed = False
 
         async def replay() -> dict:
@@ -233,7 +289,7 @@ class RequestGate:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": checked, "more_body": False}
 
         await self.app(scope, replay, send)
 
