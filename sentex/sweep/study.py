@@ -30,6 +30,7 @@ from rich.table import Table
 
 from sentex.errors import NonFiniteLossError, SentexError
 from sentex.sweep.recipe import Recipe, TrialRecorder, run_trial, trial_config
+from sentex.sweep.redact import redact_text, redact_url
 from sentex.sweep.report import best_trial, format_metric, write_reports
 from sentex.sweep.space import Space, cli_text, override_args, short_names
 from sentex.training.progress import format_duration
@@ -62,6 +63,11 @@ class Sweep:
     n_trials: int
     pruner: optuna.pruners.BasePruner
 
+    @property
+    def shown_storage(self) -> str:
+        """The storage URL as sentex prints and writes it: without its password."""
+        return redact_url(self.storage)
+
 
 def default_storage(out: Path) -> str:
     """The SQLite file beside the trial runs."""
@@ -76,7 +82,11 @@ def target_trials(space: Space, n_trials: int | None) -> int:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at ``url``; a bad URL or a missing database driver is a one-line error."""
+    """Optuna's RDB storage at ``url``; a bad URL or a missing database driver is a one-line error.
+
+    The error shows the URL without its password, and hides the password wherever the driver's own message
+    repeats it (SQLAlchemy quotes a URL it cannot parse).
+    """
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +95,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, **kwargs)
     except Exception as err:  # sqlalchemy's errors for URLs, drivers and servers are many classes
-        raise SentexError(f"--storage {url}: cannot open it ({type(err).__name__}: {err})".splitlines()[0]) from None
+        reason = redact_text(f"{type(err).__name__}: {err}", url).splitlines()[0]
+        raise SentexError(f"--storage {redact_url(url)}: cannot open it ({reason})") from None
 
 
 def open_study(sweep: Sweep, storage: optuna.storages.RDBStorage) -> optuna.Study:
@@ -105,7 +116,7 @@ def open_study(sweep: Sweep, storage: optuna.storages.RDBStorage) -> optuna.Stud
         study.set_user_attr(STUDY_ATTR, {**settings, "fit_args": list(sweep.recipe.fit_args)})
     elif {k: stored.get(k) for k in settings} != settings:
         raise SentexError(
-            f"study {sweep.study_name!r} in {sweep.storage} was started with another space file or metric;"
+            f"study {sweep.study_name!r} in {sweep.shown_storage} was started with another space file or metric;"
             " rerun it with the same ones, or name a new study with --study"
         )
     elif stored.get("fit_args") != list(sweep.recipe.fit_args):
@@ -302,7 +313,7 @@ def write_sweep_reports(sweep: Sweep, trials: Sequence[FrozenTrial]) -> None:
         "recipe": f"`sentex fit {' '.join(sweep.recipe.fit_args)}`",
         "metric": f"{sweep.recipe.metric} ({sweep.recipe.direction}), best checkpoint of each trial",
         "sampler": f"{sampler}, pruning {pruner_name(sweep.pruner)}",
-        "storage": f"`{sweep.storage}`",
+        "storage": f"`{sweep.shown_storage}`",
     }
     write_reports(sweep.out, sweep.space, sweep.recipe, trials, header)
 
