@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -13,12 +14,13 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sentex.data import TweetDataModule
 from sentex.errors import CheckpointError, SentexError
 from sentex.io.checkpoints import read_checkpoint
 from sentex.models.base import ExtractorModule
-from sentex.training.callbacks import AtomicCheckpoints, FitSummary, RandomStateCheckpoint
+from sentex.training.callbacks import AtomicCheckpoints, FitSummary, LastCheckpoint, RandomStateCheckpoint
 from sentex.training.classifier_writers import ClassifierReportWriter
 from sentex.training.cpu_precision import CPUPrecisionCheck
 from sentex.training.progress import PlainProgress
@@ -71,8 +73,9 @@ class SentexCLI(LightningCLI):
                 "best_checkpoint.auto_insert_metric_name": False,
             }
         )
-        # A separate, frequent ``last.ckpt`` so a killed run loses at most N steps.
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        # A separate, frequent ``last.ckpt`` so a killed run loses at most N steps; also written at the
+        # end of training and on SIGTERM (LastCheckpoint), so "last" is the run's final state.
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "last_checkpoint.save_last": True,
@@ -112,6 +115,11 @@ class SentexCLI(LightningCLI):
             if cause is None:
                 raise
             raise cause from None
+        if getattr(self.datamodule, "sentiment_model", None):
+            # The data stage only names the classifier; loading it is the deploy stage's (at first use).
+            from sentex.deploy.load import sentiment_labeller
+
+            self.datamodule.sentiment_labeller = sentiment_labeller(self.datamodule.sentiment_model)
 
     def _constructor_error(self, key: str) -> SentexError | None:
         """The :class:`SentexError` the configured ``data`` or ``model`` class's constructor raises, if any.
@@ -354,6 +362,11 @@ def main(args: list[str] | None = None) -> None:
     except SentexError as err:
         print(f"sentex: error: {err}", file=sys.stderr)
         sys.exit(1)
+    except SIGTERMException:
+        # Lightning stops at a batch boundary and exits 0 (SIGTERMException is a bare SystemExit); a
+        # scheduler must see a stopped run as failed, as it would a process killed by the signal (128 + 15).
+        print("sentex: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     release_process_group()
 
 

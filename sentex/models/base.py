@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from sentex.errors import CheckpointError, NonFiniteLossError
 from sentex.metrics import extraction_metrics, jaccard
-from sentex.training.optim import SCHEDULES, build_optimizer
+from sentex.models.optim import SCHEDULES, build_optimizer
 from sentex.version import __version__
 
 Batch = dict[str, Any]
@@ -169,7 +169,9 @@ class ExtractorModule(pl.LightningModule):
         gradients are the true ones and clipping them directly is what the unfused path does.
         """
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if gradient_clip_val and scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+        # torch's fused Adam/AdamW/SGD are the optimizers that unscale inside ``step`` (what Lightning
+        # refuses to clip for); ``defaults["fused"]`` is the public record of that choice.
+        if gradient_clip_val and scaler is None and optimizer.defaults.get("fused"):
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             if str(gradient_clip_algorithm or "norm") == "value":
                 torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
@@ -202,7 +204,10 @@ class ExtractorModule(pl.LightningModule):
 
     def _checkpoint_name(self) -> str:
         """``"<path>: "`` of the checkpoint the trainer is restoring, so errors name the file ("" if unknown)."""
-        path = self._trainer.ckpt_path if self._trainer is not None else None
+        try:
+            path = self.trainer.ckpt_path
+        except (RuntimeError, AttributeError):  # no Trainer attached (a module loaded by hand), or Fabric's stand-in
+            return ""
         return f"{path}: " if path else ""
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from sentex.errors import DataError
-from sentex.evaluation.classification import classification_metrics, confusion_metric
 from sentex.models.base import Batch, ExtractorModule
+from sentex.models.classifier_metrics import classification_metrics, confusion_metric
 from sentex.models.components.classifier_codec import ClassifierCodec
 from sentex.models.components.classifier_network import HEAD_NAMES, build_classifier_network, load_tokenizer
 from sentex.models.components.pretrained import resolve_model_path
@@ -120,7 +120,10 @@ class SentimentClassifier(ExtractorModule):
 
     def setup(self, stage: str) -> None:
         """Adopt the data module's labels (the data module has read its files by now), or check them."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        try:
+            datamodule = self.trainer.datamodule
+        except (RuntimeError, AttributeError):  # ``setup`` called by hand (no Trainer), or under Fabric
+            datamodule = None
         data_labels = getattr(datamodule, "label_names", None)
         if self.codec is None:
             if not data_labels:
@@ -203,7 +206,7 @@ class SentimentClassifier(ExtractorModule):
         logger = self.logger
         if not isinstance(logger, TensorBoardLogger) or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        from sentex.evaluation.confusion import confusion_image
+        from sentex.models.confusion_image import confusion_image
 
         try:
             image = confusion_image(matrix, self.codec.labels, f"{stage}, step {self.global_step}")
