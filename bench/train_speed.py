@@ -38,7 +38,7 @@ from transformers import Trainer, TrainingArguments
 from sentex.data import TweetDataModule
 from sentex.data.sampling import LengthBucketBatchSampler, ResumableRandomSampler
 from sentex.models import SpanExtractor
-from sentex.training.optim import build_optimizer
+from sentex.models.optim import build_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tweet-sentiment-extraction" / "train.csv"
 SEED = 0

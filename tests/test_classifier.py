@@ -13,12 +13,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sentex.cli import main
 from sentex.data import ClassificationDataModule, TweetDataModule
 from sentex.errors import DataError
-from sentex.evaluation.classification import classification_metrics, confusion_counts, scores_from_rows
-from sentex.evaluation.cues import cue_table, text_cues
 from sentex.models import SentimentClassifier
+from sentex.models.classifier_metrics import classification_metrics, confusion_counts, scores_from_rows
 from sentex.models.components.classifier_codec import ClassifierCodec
 from sentex.models.components.classifier_network import load_tokenizer
 from sentex.models.components.pretrained import resolve_model_path
+from sentex.training.error_cues import cue_table, text_cues
 from tests.conftest import CONFIG_DIR, write_rows
 
 # Hand-written reviews (not from any data set): clear sentiment, different wording in the held-out rows.

@@ -81,7 +81,7 @@ def test_smoothed_nll_is_plain_nll_at_zero_and_never_smooths_onto_masked_tokens(
 
 
 def test_linear_schedule_decays_to_zero() -> None:
-    from sentex.training.optim import build_optimizer
+    from sentex.models.optim import build_optimizer
 
     model = torch.nn.Linear(2, 2)
     optimizer, scheduler = build_optimizer(model, 1e-3, 0.0, warmup_steps=2, total_steps=10, schedule="linear")

@@ -3,13 +3,17 @@
 The data module owns *which rows* go where (files, seeded train/validation split, batching);
 the LightningModule owns *how a row becomes tensors* (its ``collate``), because a prompt for
 FLAN-T5 and a sentence pair for an encoder are model decisions, not data decisions.
+
+Rows given without a sentiment are labelled by a :data:`SentimentLabeller` handed in from outside
+(``TweetDataModule.sentiment_labeller``): loading a sentiment classifier is the deploy stage's job
+(:func:`sentex.deploy.load.sentiment_labeller`), and the data stage comes before it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,6 +28,10 @@ from sentex.data.folds import stratified_folds
 from sentex.data.sampling import LengthBucketBatchSampler, ResumableRandomSampler
 from sentex.data.tweets import SENTIMENTS, read_tweets
 from sentex.errors import DataError
+
+# Texts and a batch size in, one sentiment per text out: what gives ``predict_path`` rows without a
+# sentiment theirs (``sentex.load(...).classify`` is one; the CLI builds one from ``--data.sentiment_model``).
+SentimentLabeller = Callable[[Sequence[str], int], list[str]]
 
 
 class TweetDataModule(pl.LightningDataModule):
@@ -50,7 +58,13 @@ class TweetDataModule(pl.LightningDataModule):
             e.g. ``[positive, negative]`` when the model answers neutral tweets by rule.
         sentiment_model: a sentiment classifier (exported folder or checkpoint) that gives the
             ``predict_path`` rows without a sentiment (no ``sentiment`` column, an empty value or
-            ``auto``) theirs, so tweets can be predicted from their text alone.
+            ``auto``) theirs, so tweets can be predicted from their text alone. The data module only
+            names it; the ``sentex`` CLI loads it and sets :attr:`sentiment_labeller`.
+
+    Attributes:
+        sentiment_labeller: the :data:`SentimentLabeller` that labels those rows. Set from outside,
+            after construction: by the CLI for ``sentiment_model``, or in Python to any callable, e.g.
+            ``dm.sentiment_labeller = sentex.load("models/sentiment").classify``.
 
     The training order is a pure function of the seed and the epoch, and the data module's
     checkpoint state records how far into the epoch training got, so a run resumed from a
@@ -89,6 +103,7 @@ class TweetDataModule(pl.LightningDataModule):
             raise DataError(f"data.train_sentiments must name some of {', '.join(SENTIMENTS)}, got {train_sentiments}")
         self.save_hyperparameters()
         self.sentiment_model = sentiment_model
+        self.sentiment_labeller: SentimentLabeller | None = None
         self.datasets: dict[str, Dataset] = {}
         self._resume_epoch, self._resume_batches = 0, 0
 
@@ -105,19 +120,36 @@ class TweetDataModule(pl.LightningDataModule):
             rows = self._load(hp.predict_path, "data.predict_path", labels=False)
             self.datasets["predict"] = self._with_predicted_sentiments(rows)
 
+    def _labels_sentiments(self) -> bool:
+        """Whether ``predict_path`` rows may come without a sentiment (a model to label them is named or set)."""
+        return self.sentiment_model is not None or self.sentiment_labeller is not None
+
     def _with_predicted_sentiments(self, rows: Dataset) -> Dataset:
-        """``rows`` with the sentiment model's answer wherever the sentiment is empty (read as ``""``)."""
-        todo = [i for i, s in enumerate(rows["sentiment"]) if not s] if self.sentiment_model else []
+        """``rows`` with the labeller's answer wherever the sentiment is empty (read as ``""``).
+
+        Raises:
+            DataError: rows need labels but no labeller was set, or its answers are not one tweet
+                sentiment per row.
+        """
+        todo = [i for i, s in enumerate(rows["sentiment"]) if not s] if self._labels_sentiments() else []
         if not todo:
             return rows
-        # The deploy stage reads exported models; imported only when a sentiment model is asked for.
-        from sentex.deploy.load import load_model
-        from sentex.deploy.sentiment import check_sentiment_classifier, fill_sentiments
-
-        name = self.sentiment_model
-        classifier = check_sentiment_classifier(load_model(Path(name)), f"--data.sentiment_model {name}")
+        name = self.sentiment_model or "the sentiment labeller"
+        if self.sentiment_labeller is None:
+            raise DataError(
+                f"--data.sentiment_model {name}: {len(todo)} row(s) need a sentiment, but no sentiment_labeller"
+                " was set on the data module (the sentex CLI sets one; in Python set it yourself)"
+            )
+        texts = rows["text"]
         batch_size = self.hparams.eval_batch_size or self.hparams.batch_size
-        sentiments = fill_sentiments(rows["text"], rows["sentiment"], classifier, batch_size)
+        labels = list(self.sentiment_labeller([texts[i] for i in todo], batch_size))
+        if len(labels) != len(todo):
+            raise DataError(f"{name}: answered {len(labels)} sentiment(s) for {len(todo)} row(s)")
+        if unknown := sorted(set(labels) - set(SENTIMENTS), key=str):
+            raise DataError(f"{name}: answered sentiment {unknown[0]!r}, not one of {', '.join(SENTIMENTS)}")
+        sentiments = list(rows["sentiment"])
+        for i, label in zip(todo, labels):
+            sentiments[i] = label
         rank_zero_info(f"sentex: predicted the sentiment of {len(todo)} of {len(rows)} row(s) with {name}")
         return rows.remove_columns("sentiment").add_column("sentiment", sentiments)
 
@@ -148,7 +180,7 @@ class TweetDataModule(pl.LightningDataModule):
     def _load(self, path: str | None, option: str, labels: bool) -> Dataset:
         if not path:
             raise DataError(f"--{option} is required for this command")
-        optional = option == "data.predict_path" and self.sentiment_model is not None
+        optional = option == "data.predict_path" and self._labels_sentiments()
         table = read_tweets(path, require_labels=labels, strict=self.hparams.strict, sentiment_optional=optional)
         return Dataset.from_dict(table.columns)
 

@@ -275,8 +275,8 @@ def measurements(models: Sequence[str], sentiment_model: str | None) -> list[tup
 
 def model_family(path: str) -> str:
     """The family an exported folder's manifest or a checkpoint names, read without building the model."""
+    from sentex.deploy.assembly import family_of, read_sentex_checkpoint
     from sentex.deploy.format import read_manifest
-    from sentex.deploy.load import family_of, read_sentex_checkpoint
 
     if Path(path).is_dir():
         return read_manifest(Path(path))["family"]

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sentex.deploy.assembly import assemble_span_network, checkpoint_metrics, module_from_checkpoint
 from sentex.deploy.ensemble import check_members, ensemble_manifest
 from sentex.deploy.format import (
     CARD,
@@ -45,7 +46,6 @@ from sentex.deploy.format import (
     weights_file,
     write_manifest,
 )
-from sentex.deploy.load import assemble_span_network, checkpoint_metrics, module_from_checkpoint
 from sentex.deploy.model_card import render_card, render_ensemble_card
 from sentex.deploy.onnx_export import ONNX_INT8, write_onnx
 from sentex.deploy.onnx_runtime import import_optional

@@ -11,13 +11,16 @@ tokenizes and decodes exactly like the model that was validated. An exported fol
 ONNX Runtime session, :mod:`sentex.deploy.onnx_runtime`); an ensemble folder becomes a
 :class:`~sentex.models.components.span_ensemble.SpanEnsemble` of its members' networks behind one
 codec. A checkpoint holds only trainable weights, so its model is rebuilt from the saved
-hyper-parameters (the frozen base comes from ``model_name_or_path``) with ``load_from_checkpoint``.
+hyper-parameters (the frozen base comes from ``model_name_or_path``) with ``load_from_checkpoint``
+(:mod:`sentex.deploy.assembly`, which ``sentex export`` rebuilds models with too).
+
+:func:`sentiment_labeller` is what ``sentex predict --data.sentiment_model`` hands the data module: the
+data stage comes before this one, so it takes the classifier ready to call instead of loading it.
 """
 
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,9 @@ from transformers import (
     AutoTokenizer,
 )
 
+from sentex.data.datamodule import SentimentLabeller
 from sentex.data.tweets import SENTIMENTS
+from sentex.deploy.assembly import assemble_span_network, checkpoint_metrics, module_from_checkpoint
 from sentex.deploy.format import (
     HEAD_WEIGHTS,
     KEEP_FP32,
@@ -49,10 +54,7 @@ from sentex.deploy.format import (
 from sentex.deploy.onnx_runtime import onnx_span_network
 from sentex.deploy.sentiment import Classifier, check_sentiment_classifier, fill_sentiments
 from sentex.errors import CheckpointError, SentexError
-from sentex.io.checkpoints import first_line, read_checkpoint
-from sentex.models.base import ExtractorModule
-from sentex.models.causal import CausalExtractor
-from sentex.models.classifier import SentimentClassifier
+from sentex.io.checkpoints import first_line
 from sentex.models.components.causal_codec import CausalCodec
 from sentex.models.components.classifier_codec import ClassifierCodec
 from sentex.models.components.pipeline import InferencePipeline
@@ -60,16 +62,7 @@ from sentex.models.components.seq2seq_codec import Seq2SeqCodec
 from sentex.models.components.span_codec import SpanCodec
 from sentex.models.components.span_ensemble import SpanEnsemble
 from sentex.models.components.span_network import SpanNetwork
-from sentex.models.seq2seq import Seq2SeqExtractor
-from sentex.models.span import SpanExtractor
 
-# Checkpoint family → the LightningModule that rebuilds it.
-FAMILIES: dict[str, type[ExtractorModule]] = {
-    "span": SpanExtractor,
-    "seq2seq": Seq2SeqExtractor,
-    "causal": CausalExtractor,
-    "classifier": SentimentClassifier,
-}
 # Generative families: transformers' model class of their exports, and their codec.
 GENERATIVE = {"seq2seq": (AutoModelForSeq2SeqLM, Seq2SeqCodec), "causal": (AutoModelForCausalLM, CausalCodec)}
 
@@ -208,51 +201,31 @@ def load_model(path: Path) -> Extractor | Classifier:
     raise CheckpointError(f"{path}: no such checkpoint or exported model folder")
 
 
-# --- checkpoints ---------------------------------------------------------------------------
-def read_sentex_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents (:func:`sentex.io.checkpoints.read_checkpoint`), checked to be sentex's."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "sentex" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a sentex checkpoint (no 'sentex' or 'hyper_parameters' entry)")
-    return ckpt
+def sentiment_labeller(path: str | Path, option: str = "--data.sentiment_model") -> SentimentLabeller:
+    """Texts → sentiments by the sentiment classifier at ``path``, loaded and checked at the first call.
 
-
-def family_of(ckpt: dict[str, Any], path: Path) -> tuple[str, type[ExtractorModule]]:
-    """The model family a checkpoint says it holds, and its LightningModule class."""
-    family = ckpt["sentex"].get("family")
-    if family not in FAMILIES:
-        raise CheckpointError(f"{path}: unknown model family {family!r} (known: {', '.join(FAMILIES)})")
-    return family, FAMILIES[family]
-
-
-def module_from_checkpoint(path: str | Path, full_precision: bool = False) -> tuple[ExtractorModule, dict[str, Any]]:
-    """Rebuild the LightningModule of a checkpoint; returns it (eval mode, CPU) and the raw checkpoint.
+    The :class:`~sentex.data.datamodule.TweetDataModule`'s ``sentiment_labeller``: the CLI builds it
+    from ``--data.sentiment_model`` and the data module calls it only when some rows lack a sentiment,
+    so a run whose rows all have one never loads the classifier.
 
     Args:
-        path: the checkpoint.
-        full_precision: rebuild a QLoRA model on a float32 base instead of its 4-bit one (an export
-            merges LoRA into full-precision weights; the adapters are the same either way).
+        path: a sentiment classifier export or checkpoint.
+        option: how the user named it, for the one-line error of a model that is no sentiment classifier.
+
+    Returns:
+        A callable ``(texts, batch_size) -> sentiments``, one per text.
     """
-    path = Path(path)
-    ckpt = read_sentex_checkpoint(path)
-    _, cls = family_of(ckpt, path)
-    overrides = {"quantize_base": None} if full_precision and ckpt["hyper_parameters"].get("quantize_base") else {}
-    with warnings.catch_warnings():
-        # By design a checkpoint lacks the frozen base weights; Lightning warns about each one.
-        warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in")
-        module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
-    return module.eval(), ckpt
+    loaded: list[Classifier] = []  # filled at the first call, then reused
+
+    def label(texts: Sequence[str], batch_size: int) -> list[str]:
+        if not loaded:
+            loaded.append(check_sentiment_classifier(load_model(Path(path)), f"{option} {path}"))
+        return loaded[0].classify(texts, batch_size)
+
+    return label
 
 
-def checkpoint_metrics(ckpt: dict[str, Any]) -> dict[str, float]:
-    """The monitored validation score of a checkpoint (e.g. ``{"val/jaccard": 0.70}``), if it has one."""
-    out = {}
-    for key, state in (ckpt.get("callbacks") or {}).items():
-        if "ModelCheckpoint" in str(key) and state.get("monitor") and state.get("best_model_score") is not None:
-            out[state["monitor"]] = round(float(state["best_model_score"]), 6)
-    return out
-
-
+# --- checkpoints ---------------------------------------------------------------------------
 def load_checkpoint(path: Path) -> Extractor | Classifier:
     """An extractor (or classifier) over the (un-merged) model of a sentex checkpoint."""
     module, ckpt = module_from_checkpoint(path)
@@ -278,26 +251,6 @@ def load_network(folder: Path, auto_class: Any, family: str, dtype: str) -> nn.M
         return auto_class.from_pretrained(folder, dtype=TORCH_DTYPES[dtype]).eval()
     model = auto_class.from_config(AutoConfig.from_pretrained(folder))
     return QUANTIZERS[dtype].load(model, folder / weights_file(dtype), KEEP_FP32[family])
-
-
-def assemble_span_network(encoder: nn.Module, heads: dict[str, torch.Tensor], dtype: torch.dtype) -> SpanNetwork:
-    """A span network of ``encoder`` and the head weights ``heads`` (network names), heads cast to ``dtype``.
-
-    Joint scoring, the pair term's width and the LSTM are read off the heads. An exported folder is loaded
-    through this, and ``sentex export --format onnx`` builds the graph it exports with it.
-    """
-    joint = "pair_start.weight" in heads
-    pair_dim = heads["pair_start.weight"].shape[0] if joint else 64
-    scoring, lstm = "joint" if joint else "independent", "lstm.weight_ih_l0" in heads
-    net = SpanNetwork(encoder, head_dropout=0.0, scoring=scoring, pair_dim=pair_dim, lstm=lstm)
-    missing = [k for k in net.head_state() if k not in heads]
-    if missing:
-        raise KeyError(f"{HEAD_WEIGHTS} lacks {missing[0]}")
-    for name, child in net.named_children():
-        if name not in ("encoder", "dropout"):
-            child.load_state_dict({k.split(".", 1)[1]: v for k, v in heads.items() if k.startswith(f"{name}.")})
-            child.to(dtype)
-    return net.eval()
 
 
 def span_network(folder: Path, dtype: str) -> SpanNetwork:

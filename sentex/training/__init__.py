@@ -1,1 +1,1 @@
-"""Stage 3, training: optimizer and schedule, callbacks, progress output, the files a run writes."""
+"""Stage 3, training: callbacks, progress output, the files a run writes and their error analysis."""

@@ -2,7 +2,7 @@
 
 * ``test_predictions.csv``: one row per text: ``id``, ``text``, ``label`` (gold), ``prediction``,
   ``correct``, ``confidence`` (the predicted class's probability), ``prob_<label>`` for every class,
-  and ``cues`` (the text's cues of :mod:`sentex.evaluation.cues`, ``;``-joined). ``sentex compare``
+  and ``cues`` (the text's cues of :mod:`sentex.training.error_cues`, ``;``-joined). ``sentex compare``
   reads two such files.
 * ``test_confusion_matrix.png``: the confusion matrix (needs matplotlib, the ``bench`` extra).
 * ``test_report.md``: the metrics, per-class precision/recall/F1, the confusion matrix, the error
@@ -22,15 +22,15 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from sentex.evaluation.classification import (
+from sentex.io.atomic import atomic_path
+from sentex.models.classifier_metrics import (
     METRIC_NAMES,
     confusion_counts,
     confusion_markdown,
     per_class_scores,
     scores_from_rows,
 )
-from sentex.evaluation.cues import CUES, cue_table, text_cues
-from sentex.io.atomic import atomic_path
+from sentex.training.error_cues import CUES, cue_table, text_cues
 from sentex.training.writers import TEST_REPORT, _dataset_size, gather_per_process, undo_distributed_split, write_csv
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def markdown_report(rows: list[dict[str, Any]], labels: list[str]) -> str:
     lines += [
         "## Errors by cue",
         "",
-        "Cues (documented in `sentex/evaluation/cues.py`): " + ", ".join(CUES) + ". A row can have several;",
+        "Cues (documented in `sentex/training/error_cues.py`): " + ", ".join(CUES) + ". A row can have several;",
         "`none` is a row with none. `vs all rows` is the cue's error rate over the overall error rate.",
         "",
         cue_table(rows),
@@ -119,7 +119,7 @@ class ClassifierReportWriter(Callback):
         gold = [labels.index(r["label"]) for r in table]
         matrix = confusion_counts(gold, [labels.index(r["prediction"]) for r in table], len(labels))
         try:
-            from sentex.evaluation.confusion import write_confusion_png
+            from sentex.models.confusion_image import write_confusion_png
 
             write_confusion_png(matrix, labels, log_dir / TEST_CONFUSION, f"test: {len(table)} rows")
             rank_zero_info(f"sentex: wrote {log_dir / TEST_CONFUSION}")
