@@ -12,11 +12,11 @@ import torch
 from sentex.alignment.losses import dpo_loss, dpop_penalty, expected_jaccard_loss, rdpo_margin
 from sentex.alignment.pairs import PreferencePair, balance_lengths, graded_pairs, length_gap, normalize
 from sentex.alignment.span import DPOSpanExtractor
-from sentex.data import TweetDataModule
 from sentex.metrics import jaccard
 from sentex.models import SpanExtractor
 from sentex.models.components.span_math import normalize_spans
 from tests.conftest import TWEETS, write_rows
+from tests.helpers import fit_steps
 
 T = torch.tensor
 
@@ -99,13 +99,6 @@ def joint_sft(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def fit(model: pl.LightningModule, tmp_path: Path, steps: int) -> None:
-    data = write_rows(tmp_path / "tweets.csv", TWEETS * 2)
-    pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-               enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path).fit(
-        model, TweetDataModule(train_path=str(data), val_path=str(data), batch_size=8))  # fmt: skip
-
-
 def test_dpo_on_a_joint_model_scores_pairs_with_joint_log_probs(joint_sft: Path) -> None:
     model = DPOSpanExtractor(sft_checkpoint=str(joint_sft), max_length=48, max_span_tokens=8, span_scoring="joint")
     rows = [{"textID": "1", "text": ROW["text"], "sentiment": "positive", "selected_text": "so happy",
@@ -143,7 +136,7 @@ def test_expected_jaccard_alignment_raises_expected_jaccard_and_keeps_the_refere
 
     ref_before = {k: v.clone() for k, v in model.reference.state_dict().items()}
     start = expected()
-    fit(model, tmp_path, steps=8)
+    fit_steps(model, write_rows(tmp_path / "tweets.csv", TWEETS * 2), tmp_path, steps=8, batch_size=8)
     assert expected() > start + 0.05
     assert all(torch.equal(v, ref_before[k]) for k, v in model.reference.state_dict().items())
 

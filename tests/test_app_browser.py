@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 
 from sentex.metrics import jaccard
 from tests.conftest import APP_FILE, ROOT, TWEETS, chromium, missing, require_module, write_rows
+from tests.helpers import free_port
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -43,12 +43,6 @@ UI_TIMEOUT_MS = 120_000  # the first Extract loads the model in the server (Mini
 def streamlit_installed() -> None:
     """Every test here serves the app; skip (fail under CI=true) before any server starts without Streamlit."""
     require_module("streamlit", "serving the app needs streamlit (pip install -e '.[app]')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_healthy(proc: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:

@@ -1,4 +1,4 @@
-"""CPU training machinery: the fused AdamW, gradient clipping under bf16-mixed, the no-native-bf16 warning."""
+"""CPU training machinery: the fused AdamW, clipping and learning under bf16-mixed, the no-native-bf16 warning."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from sentex.data import TweetDataModule
 from sentex.models import Seq2SeqExtractor, SpanExtractor
+from sentex.models.optim import build_optimizer
 from sentex.training import cpu_precision
 from sentex.training.cpu_precision import CPUPrecisionCheck
-from sentex.training.optim import build_optimizer
+from tests.conftest import TWEETS, write_rows
+from tests.helpers import fit_steps
 
 
 def is_fused(optimizer: torch.optim.Optimizer) -> bool:
@@ -61,31 +62,33 @@ class GradNorms(Callback):
         optimizer.register_step_post_hook(record)
 
 
-def fit(module: pl.LightningModule, clip: float | None, callbacks: list[Callback], steps: int = 3) -> pl.Trainer:
-    trainer = pl.Trainer(
-        accelerator="cpu", precision="bf16-mixed", max_steps=steps, gradient_clip_val=clip, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=callbacks,
-    )  # fmt: skip
-    trainer.fit(module, TweetDataModule(train_path="sentex:sample.csv", batch_size=4))
-    return trainer
+def fit_bf16(module: pl.LightningModule, clip: float | None, callbacks: list[Callback], steps: int = 3) -> pl.Trainer:
+    """``steps`` bf16-mixed steps on the packaged sample (batch 4), clipping at ``clip``."""
+    return fit_steps(module, "sentex:sample.csv", None, steps, precision="bf16-mixed", gradient_clip_val=clip,
+                     callbacks=callbacks)  # fmt: skip
 
 
 def test_bf16_mixed_on_cpu_clips_gradients_with_the_fused_optimizer() -> None:
     # Lightning refuses to clip for a fused optimizer under mixed precision; sentex clips itself (no scaler in bf16).
     norms = GradNorms()
     torch.manual_seed(0)
-    fit(SpanExtractor(max_length=32), clip=1e-2, callbacks=[norms])
+    fit_bf16(SpanExtractor(max_length=32), clip=1e-2, callbacks=[norms])
     assert norms.fused == [True]
     assert len(norms.norms) == 3 and all(n <= 1e-2 * 1.001 for n in norms.norms), norms.norms
 
     unclipped = GradNorms()
     torch.manual_seed(0)
-    fit(SpanExtractor(max_length=32), clip=None, callbacks=[unclipped])
+    fit_bf16(SpanExtractor(max_length=32), clip=None, callbacks=[unclipped])
     assert all(n > 1e-2 for n in unclipped.norms), unclipped.norms  # so the clipping above did something
 
 
-def test_bf16_mixed_trains_the_seq2seq_family_on_cpu(tiny_t5: Path) -> None:
+def test_bf16_mixed_trains_the_seq2seq_family_on_cpu(tiny_t5: Path, tmp_path: Path) -> None:
+    """Six bf16-mixed steps on the eight hand-written tweets lower the tiny T5's loss on them.
+
+    Measured: 6.573 before, 6.181 after (a drop of 0.392), so the bound is about half the drop. A
+    step that updates nothing (no gradient reaching the LoRA weights under autocast, a zero learning
+    rate) leaves the loss where it was and fails this; finite losses alone would not.
+    """
     losses: list[float] = []
 
     class Losses(Callback):
@@ -94,16 +97,27 @@ def test_bf16_mixed_trains_the_seq2seq_family_on_cpu(tiny_t5: Path) -> None:
 
     torch.manual_seed(0)
     module = Seq2SeqExtractor(model_name_or_path=str(tiny_t5), lora_r=4, learning_rate=1e-3, warmup_steps=0)
-    fit(module, clip=1.0, callbacks=[Losses()], steps=4)
-    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    rows = [{"textID": t[0], "text": t[1], "selected_text": t[2], "sentiment": t[3]} for t in TWEETS]
+    batch = module.collate(rows)
+    with torch.no_grad():
+        before = module.eval().compute_loss(batch).item()
+    module.train()  # Lightning trains the module in the mode it is handed
+    data = write_rows(tmp_path / "tweets.csv", TWEETS)
+    trainer = fit_steps(module, data, tmp_path, 6, batch_size=8, precision="bf16-mixed", gradient_clip_val=1.0,
+                        callbacks=[Losses()])  # fmt: skip
+    with torch.no_grad():
+        after = module.eval().compute_loss(batch).item()
+    assert trainer.precision == "bf16-mixed" and trainer.global_step == 6
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    assert after < before - 0.2, (before, after)
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_precision, "native_bf16_cpu", lambda: False)
     with pytest.warns(UserWarning, match="bf16 is emulated here"):
-        fit(SpanExtractor(max_length=32), clip=1.0, callbacks=[CPUPrecisionCheck()], steps=1)
+        fit_bf16(SpanExtractor(max_length=32), clip=1.0, callbacks=[CPUPrecisionCheck()], steps=1)
     monkeypatch.setattr(cpu_precision, "native_bf16_cpu", lambda: True)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        fit(SpanExtractor(max_length=32), clip=1.0, callbacks=[CPUPrecisionCheck()], steps=1)
+        fit_bf16(SpanExtractor(max_length=32), clip=1.0, callbacks=[CPUPrecisionCheck()], steps=1)
     assert not [w for w in record if "emulated" in str(w.message)]

@@ -16,6 +16,7 @@ from sentex.data import TweetDataModule
 from sentex.errors import CheckpointError
 from sentex.models import Seq2SeqExtractor, SpanExtractor
 from tests.conftest import CONFIGS, TWEETS, sentex, write_rows
+from tests.helpers import fit_steps
 
 T = torch.tensor
 
@@ -83,12 +84,6 @@ def test_dpo_loss_rejects_bad_settings(kwargs: dict) -> None:
 
 
 # --- the span module ------------------------------------------------------------------------
-def fit_steps(model: pl.LightningModule, csv: Path, tmp_path: Path, steps: int) -> None:
-    pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-               enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path).fit(
-        model, TweetDataModule(train_path=str(csv), val_path=str(csv), batch_size=4))  # fmt: skip
-
-
 def assert_policy_learns_reference_stays(
     model: pl.LightningModule, csv: Path, tmp_path: Path, frozen: dict, batch: dict, reference: torch.Tensor
 ) -> None:

@@ -29,7 +29,8 @@ from sentex.deploy.serve import main as serve_main
 from sentex.deploy.serve_requests import Limits, Schema
 from sentex.errors import SentexError
 from tests.conftest import SENTIMENTS, TEXTS, classifier_checkpoint, require_module, sentex
-from tests.test_serve import expected, free_port, get, post, serving
+from tests.helpers import free_port
+from tests.test_serve import expected, get, post, serving
 
 MISSING = object()  # an item without a "sentiment" key
 # How each item of :func:`auto_items` gives its sentiment, in turn.

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 
 from sentex.data import TweetDataModule
 from sentex.data.folds import stratified_folds
-from sentex.data.label_noise import extra_spaces_before, recover_phrase, shift_like_labels
+from sentex.data.label_noise import MIN_EXTRA, extra_spaces_before, recover_phrase, shift_like_labels
 from sentex.metrics import jaccard
 from sentex.models import SpanExtractor
 from sentex.models.components.span_math import jaccard_boundary_targets, smoothed_span_nll
@@ -20,10 +23,12 @@ from sentex.training.error_taxonomy import error_class
 from tests.conftest import CONFIG_DIR, sentex, write_rows
 
 # Hand-written tweets in the Kaggle data's shape: (tweet, meant phrase, label as the data set would give it).
+# Each label is derived by hand from the rule: n = leading spaces + spaces after a space before the phrase;
+# the start moves n left, the end n - 1 (after punctuation) or n - 2, then whitespace is stripped.
 SHIFTED = [
-    ("  Yes you should go see it!  It`s sooooo much fun!", "fun!", "ch fu"),
-    (" hey mia!  totally adore your new song", "adore", "y adore"),
-    ("   Sorry all, we will keep it quiet now", "quiet", "it quie"),
+    ("  Yes you should go see it!  It`s sooooo much fun!", "fun!", "ch fu"),  # n = 2 + 1: "mu[ch fu]n!"
+    (" hey mia!  totally adore your new song", "adore", "y adore"),  # n = 1 + 1: start -2, end +0
+    ("   Sorry all, we will keep it quiet now", "quiet", "it quie"),  # n = 3: start -3, end -1
 ]
 UNSHIFTED = [
     ("so happy with my new phone", "so happy"),
@@ -38,11 +43,9 @@ def span_of(text: str, phrase: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(("text", "meant", "label"), SHIFTED)
-def test_shift_reapplied_and_recovered_on_hand_written_tweets(text: str, meant: str, label: str) -> None:
+def test_shift_gives_the_hand_derived_label(text: str, meant: str, label: str) -> None:
     s, e = shift_like_labels(text, *span_of(text, meant))
     assert text[s:e] == label
-    a, b = recover_phrase(text, *span_of(text, label))
-    assert text[a:b] == meant
 
 
 @pytest.mark.parametrize(("text", "phrase"), UNSHIFTED)
@@ -219,22 +222,78 @@ def test_fit_and_test_on_a_fold_write_out_of_fold_probabilities_and_taxonomy(tmp
     assert "| class | rows |" in taxonomy
 
 
-@pytest.mark.slow
-def test_the_shift_rule_explains_real_labels_better_than_no_shift(real_data: Path) -> None:
+# --- the rule against the real labels -----------------------------------------------------------
+# Counted on the shared train.csv (24,732 rows; 14,708 positive/negative ones, the rule's domain as
+# sentex trains and decodes with it). A label is *partial* when it cuts a word (does not start and end
+# on word boundaries); the rule explains a partial label when a word-aligned phrase, shifted, is it.
+Labels = tuple[tuple[str, int, int], ...]
+
+
+@functools.lru_cache(maxsize=1)
+def positive_negative_labels(folder: Path) -> Labels:
+    """``(tweet, label start, label end)`` of every positive/negative row of ``folder/train.csv``."""
     from sentex.data.tweets import read_tweets
 
-    cols = read_tweets(real_data / "train.csv", require_labels=True).columns
-    rows = [(t, g) for t, g, s in zip(cols["text"], cols["selected_text"], cols["sentiment"]) if s != "neutral"]
-    shifted = [(t, g) for t, g in rows[:6000] if extra_spaces_before(t, t.find(g)) >= 2]
-    assert len(shifted) > 200  # the data set's extra-space rows exist
-    meant, relabelled, aligned = 0.0, 0.0, 0
-    for text, gold in shifted:
-        start = text.find(gold)
-        a, b = recover_phrase(text, start, start + len(gold))
-        aligned += (a, b) != (start, start + len(gold))
-        meant += jaccard(text[a:b], gold)
-        s, e = shift_like_labels(text, a, b)
-        relabelled += jaccard(text[s:e], gold)
-    # Most shifted labels are explained by a word-aligned phrase, and shifting it back scores higher.
-    assert aligned / len(shifted) > 0.3
-    assert relabelled / len(shifted) > meant / len(shifted) + 0.03  # measured: 0.821 vs 0.769 on 543 rows
+    cols = read_tweets(folder / "train.csv", require_labels=True).columns
+    rows = zip(cols["text"], cols["selected_text"], cols["sentiment"])
+    return tuple((t, t.find(g), t.find(g) + len(g)) for t, g, s in rows if s != "neutral")
+
+
+def word_aligned(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` starts and ends on word boundaries (whole words)."""
+    words = [m.span() for m in re.finditer(r"\S+", text)]
+    return start in {a for a, _ in words} and end in {b for _, b in words}
+
+
+def shifted(text: str, start: int, end: int) -> bool:
+    """Whether a label is partial with at least ``MIN_EXTRA`` extra spaces before it: one the rule says is shifted."""
+    return extra_spaces_before(text, start) >= MIN_EXTRA and not word_aligned(text, start, end)
+
+
+def partial_share(labels: Labels, extra: Callable[[int], bool]) -> float:
+    """The share of partial labels among the labels whose extra spaces before them pass ``extra``."""
+    chosen = [(t, s, e) for t, s, e in labels if extra(extra_spaces_before(t, s))]
+    return sum(not word_aligned(*label) for label in chosen) / len(chosen)
+
+
+@pytest.mark.slow
+def test_labels_are_cut_where_the_rule_says_they_are_shifted(real_data: Path) -> None:
+    """If the labels were cut from a whitespace-normalised copy, only extra spaces move them, and one space
+    (``MIN_EXTRA - 1``) does not: partial labels are then no commoner after it than after none, and several
+    times commoner from ``MIN_EXTRA`` on. Measured: 9.7% (743 of 7,696) with no extra space, 11.3% (636 of
+    5,653) with one, 66.7% (906 of 1,359) with two or more. A trigger of 1 or 3 fails this."""
+    labels = positive_negative_labels(real_data)
+    none = partial_share(labels, lambda n: n == 0)
+    assert partial_share(labels, lambda n: n == MIN_EXTRA - 1) < none + 0.03
+    assert partial_share(labels, lambda n: n >= MIN_EXTRA) > 5 * none
+
+
+@pytest.mark.slow
+def test_the_rule_explains_most_shifted_labels_and_leaves_whole_words_alone(real_data: Path) -> None:
+    """Measured: of the 906 partial labels with at least ``MIN_EXTRA`` extra spaces before them, the rule
+    recovers the meant phrase of 555 (61.3%; a partial label cut at random would almost never be one shift
+    of a word-aligned phrase), and of none with fewer; it changes none of the 12,423 whole-word labels. So
+    it explains 12,978 of 14,708 labels (88.2%, whole words or recovered) where taking labels as they are
+    explains 12,423 (84.5%). A rule off by a character, or one that moves whole-word labels, fails this."""
+    labels = positive_negative_labels(real_data)
+    recovered = [recover_phrase(t, s, e) != (s, e) for t, s, e in labels]
+    whole = [word_aligned(*label) for label in labels]
+    domain = [shifted(*label) for label in labels]
+    assert not any(r for r, w in zip(recovered, whole) if w)  # whole-word labels stay as they are
+    assert not any(r for r, d, w in zip(recovered, domain, whole) if not d and not w)  # no shift, no change
+    assert sum(r for r, d in zip(recovered, domain) if d) > 0.58 * sum(domain)
+    assert (sum(whole) + sum(recovered)) / len(labels) > 0.875
+
+
+@pytest.mark.slow
+def test_the_rules_constants_fit_the_labels_better_than_its_neighbours(real_data: Path) -> None:
+    """``bench/label_noise.py``'s variants (the end moved by ``n``, ``n - 1`` or ``n - 2`` whatever the last
+    character; a trigger of one space) reproduce fewer of the 906 partial labels with extra spaces before
+    them than sentex's rule. Measured: 638 for the rule, 531 for the best other variant, 121 for the worst."""
+    from bench.label_noise import VARIANTS, reproduces
+
+    labels = positive_negative_labels(real_data)
+    domain = [(t, t[s:e]) for t, s, e in labels if shifted(t, s, e)]
+    counts = {name: sum(reproduces(rule, t, g) for t, g in domain) for name, rule in VARIANTS.items()}
+    ours = counts.pop("sentex: end -(n-1) after punctuation, else -(n-2)")
+    assert counts and all(ours > 1.1 * n for n in counts.values()), (ours, counts)
