@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sentex.alignment.command import AlignCLI
+from sentex.align_command import AlignCLI
 from sentex.data import TweetDataModule
 from sentex.data.tweets import SENTIMENTS
 from sentex.metrics import answer_words, jaccard, over_extracted, paired_bootstrap, under_extracted

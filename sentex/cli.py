@@ -29,7 +29,7 @@ from sentex.training.writers import SubmissionWriter, TestReportWriter
 # Subcommands that are not Trainer methods: name -> (module with ``main(argv)``, one-line help).
 # Listed in ``sentex --help`` once their module exists.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "align": ("sentex.alignment.command", "DPO-align a trained model against its frozen self (preference pairs)."),
+    "align": ("sentex.align_command", "DPO-align a trained model against its frozen self (preference pairs)."),
     "export": ("sentex.deploy.export", "Merge LoRA, optionally quantize, and write a self-contained model folder."),
     "bench": ("sentex.deploy.bench", "Measure exported models: size, memory, latency, throughput, Jaccard."),
     "app": ("sentex.app.launcher", "Serve a model in the Streamlit demo app."),
