@@ -200,6 +200,43 @@ def test_onnx_takes_fp32_or_int8_only(span_ckpt: Path, tmp_path: Path, capsys) -
     assert not (tmp_path / "o").exists()
 
 
+def test_the_int8_graph_stores_int8_weights_and_dequantizes_them(exports: dict[str, Path]) -> None:
+    """Every Linear weight and embedding table is int8 behind a DequantizeLinear; activations stay float."""
+    import onnx
+
+    graph = onnx.load(str(exports["onnx-int8"] / "model.int8.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    assert "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops  # no per-batch activation scale
+    int8 = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert len(int8) == ops.count("DequantizeLinear") >= 6 * 6 + 1  # 6 per layer x 6 layers + the embeddings ...
+    assert any("word_embeddings" in name for name in int8)
+    big_floats = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2]
+    assert not big_floats  # ... and no float32 matrix left
+
+
+def test_an_int8_graph_beyond_the_bounds_is_refused_and_nothing_is_written(
+    span_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quantizer that spoils the weights (here: every int8 weight's sign flipped) fails the export's check."""
+    import onnx
+    from onnx import numpy_helper
+
+    quantize = onnx_export.quantize_weights_int8
+
+    def spoiled(source: Path, target: Path) -> None:
+        quantize(source, target)
+        model = onnx.load(str(target))
+        for init in model.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT8:
+                init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+        onnx.save(model, str(target))
+
+    monkeypatch.setattr(onnx_export, "quantize_weights_int8", spoiled)
+    with pytest.raises(SentexError, match=r"^ONNX int8 export failed: its logits' cosine to torch's: -?[\d.]+ \(bound"):
+        export(span_ckpt, tmp_path / "o", "int8", runtime="onnx")
+    assert not (tmp_path / "o").exists()
+
+
 def test_onnx_refuses_a_seq2seq_checkpoint(tiny_t5: Path, tmp_path: Path) -> None:
     ckpt = t5_checkpoint(tiny_t5, tmp_path / "t5.ckpt")
     with pytest.raises(SentexError, match=r"t5.ckpt: a seq2seq checkpoint; --format onnx exports span models only$"):

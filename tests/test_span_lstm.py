@@ -56,13 +56,30 @@ def test_the_fp32_export_computes_what_the_checkpoint_computes(lstm_ckpt: Path, 
     assert exported.extract(TEXTS, SENTIMENTS) == model.extract(TEXTS, SENTIMENTS)
 
 
+# Lower-precision LSTM exports against the fp32 export on the sample's start/end logits over real tokens:
+# (largest absolute error, smallest cosine), for logits up to ~0.65. Measured on an AMD EPYC (AVX2 only): bf16
+# 0.009 / 0.9999, int8 0.023 / 0.9995 (weights rounded, computed in float32). On VNNI/AMX CPUs int8 also rounds
+# each token's activations to 8 bits (hidden-state cosine 0.996 on MiniLM), hence int8's looser bound.
+LSTM_EXPORT_BOUNDS = {"bf16": (0.05, 0.999), "int8": (0.15, 0.99)}
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
-def test_lower_precision_exports_keep_the_lstm_and_answer_substrings(
-    dtype: str, lstm_ckpt: Path, tmp_path: Path
-) -> None:
+def test_lower_precision_lstm_exports_follow_the_fp32_logits(dtype: str, lstm_ckpt: Path, tmp_path: Path) -> None:
+    export(lstm_ckpt, tmp_path / "fp32")
     export(lstm_ckpt, tmp_path / dtype, dtype)
-    exported = load(tmp_path / dtype)
+    reference, exported = load(tmp_path / "fp32"), load(tmp_path / dtype)
     assert exported.pipeline.net.lstm.hidden_size == exported.pipeline.net.encoder.config.hidden_size // 2
+    batch = reference.pipeline.codec.collate(ROWS)
+    real = batch["attention_mask"].bool()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    with torch.no_grad():
+        want, got = reference.pipeline.net(**inputs), exported.pipeline.net(**inputs)
+    max_error, min_cosine = LSTM_EXPORT_BOUNDS[dtype]
+    for g, w in ((got.start, want.start), (got.end, want.end)):
+        g, w = g.float()[real], w.float()[real]
+        assert (g - w).abs().max() > 1e-4  # really lower precision ...
+        assert (g - w).abs().max() < max_error, f"{dtype}: largest logit error {(g - w).abs().max():.3f}"
+        assert torch.cosine_similarity(g, w, dim=0) > min_cosine  # ... and the same network
     answers = exported.extract(TEXTS, SENTIMENTS)
     assert all(a in t for a, t in zip(answers, TEXTS))
 
