@@ -27,6 +27,7 @@ from sentex.deploy.quant.int8 import (
     cpu_has_vnni,
     dequantize_rows,
     dynamic_int8,
+    int8_compute,
     load_int8_into,
     quantizable_weights,
     quantize_rows,
@@ -173,6 +174,18 @@ def test_float_compute_keeps_the_linear_with_its_weights_rounded_to_int8() -> No
     assert torch.equal(got.bias, linear.bias)
     with pytest.raises(ValueError, match="int8 compute must be one of int8, float"):
         dynamic_int8(nn.Sequential(nn.Linear(2, 2)), [], compute="int4")
+
+
+def test_the_int8_compute_follows_the_cpu_unless_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SENTEX_INT8_COMPUTE", raising=False)
+    assert int8_compute() == ("int8" if cpu_has_vnni() else "float")
+    monkeypatch.setenv("SENTEX_INT8_COMPUTE", "int8")
+    assert type(dynamic_int8(nn.Sequential(nn.Linear(4, 2)), [])[0]) is RowScaledDynamicLinear
+    monkeypatch.setenv("SENTEX_INT8_COMPUTE", "Float")
+    assert type(dynamic_int8(nn.Sequential(nn.Linear(4, 2)), [])[0]) is nn.Linear
+    monkeypatch.setenv("SENTEX_INT8_COMPUTE", "int4")
+    with pytest.raises(ValueError, match="SENTEX_INT8_COMPUTE must be one of int8, float, got 'int4'"):
+        int8_compute()
 
 
 def test_quantizable_weights_skip_kept_modules(tiny_t5: Path) -> None:

@@ -22,6 +22,7 @@ FLAN-T5 produces garbage (https://github.com/huggingface/transformers/issues/202
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -246,7 +247,14 @@ def int8_compute() -> str:
     int8 kernels gained little speed there (issue #24; README "int8 on both kinds of CPU"). So such a
     CPU keeps the int8 file (a third of the size on disk) and multiplies the dequantized weights in
     float32: answers as exact as the rounding of the weights allows, and batch-invariant.
+
+    ``SENTEX_INT8_COMPUTE=int8`` or ``float`` overrides the choice (e.g. to trade accuracy for speed).
     """
+    forced = os.environ.get("SENTEX_INT8_COMPUTE", "").strip().lower()
+    if forced:
+        if forced not in INT8_COMPUTES:
+            raise ValueError(f"SENTEX_INT8_COMPUTE must be one of {', '.join(INT8_COMPUTES)}, got {forced!r}")
+        return forced
     return "int8" if cpu_has_vnni() else "float"
 
 
