@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from datasets import Dataset
@@ -58,7 +58,9 @@ def pairs_dataset(pairs: Sequence[PreferencePair]) -> Dataset:
 class DPOMixin:
     """DPO settings, pair building and the DPO training step, over a model family's LightningModule.
 
-    A concrete class provides ``load_sft(path)`` (policy and reference from the SFT checkpoint),
+    A concrete class names its plain family (``plain_family``: the LightningModule its checkpoints
+    load as, whose constructor names the model settings) and provides ``load_sft(path)`` (policy
+    and reference from the SFT checkpoint),
     ``pair_log_probs(batch, reference)`` → ``(chosen, rejected)`` sequence log-probabilities,
     ``collate_pairs(rows)``, ``chosen_lengths(batch)`` (targets per row, to length-normalise NLL) and,
     for graded pairs, ``top_answers(batch, k)``.
@@ -85,8 +87,11 @@ class DPOMixin:
         graded_k: answers per tweet the SFT model proposes for ``graded`` pairs (its top-k).
         graded_margin: smallest Jaccard gap between the chosen and rejected answer of a graded pair.
         graded_per_tweet: at most this many graded pairs from one tweet.
-        **kwargs: settings of the model family; must match the SFT model's.
+        **kwargs: settings of the model family; must match the SFT model's (``sentex align`` takes
+            them from ``sft_checkpoint``: :func:`~sentex.alignment.sft.sft_model_settings`).
     """
+
+    plain_family: ClassVar[type]
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
     """
 
     family = "span"
+    plain_family = SpanExtractor
 
     def load_sft(self, path: str) -> None:
         self.val_entropy = MeanValue()
@@ -145,4 +146,4 @@ class DPOSpanExtractor(DPOMixin, SpanExtractor):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        self.as_plain_family(checkpoint, SpanExtractor)  # the weights are a plain span model's
+        self.as_plain_family(checkpoint, self.plain_family)  # the weights are a plain span model's
