@@ -10,6 +10,7 @@ the span network with and without the LSTM, independent and joint scoring, and f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 
 from sentex.deploy.export import export
 from sentex.deploy.load import Extractor, load
+from sentex.deploy.quant.int8 import RowScaledDynamicLinear, cpu_has_vnni
 from sentex.models import SpanExtractor
 from tests.conftest import require_module, save_untrained
 
@@ -110,13 +112,18 @@ def test_the_lstm_reads_no_padding_in_training_mode_either() -> None:
         torch.testing.assert_close(net.read_tokens(garbage, mask)[0, :4], alone[0], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int8-kernels"])
 @pytest.mark.parametrize("name", ["linear-joint", "lstm-independent"])
 def test_every_torch_export_answers_a_tweet_alike_alone_and_among_longer_tweets(
-    dtype: str, name: str, checkpoints: dict[str, Path], tmp_path: Path
+    dtype: str, name: str, checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if dtype == "int8-kernels":  # the per-token int8 kernels VNNI CPUs use, forced on any CPU (7-bit without VNNI)
+        monkeypatch.setenv("SENTEX_INT8_COMPUTE", "int8")
+        dtype = "int8"
     export(checkpoints[name], tmp_path / dtype, dtype)
     extractor = load(tmp_path / dtype)
+    kernels = any(isinstance(m, RowScaledDynamicLinear) for m in extractor.pipeline.net.modules())
+    assert kernels == (os.environ.get("SENTEX_INT8_COMPUTE") == "int8" or (dtype == "int8" and cpu_has_vnni()))
     alone, mixed = scores_alone_and_batched(extractor.pipeline)
     atol = SCORE_ATOL if dtype == "fp32" else 1e-2  # bf16 rounds differently per shape; int8 is per row
     for a, m in zip(alone, mixed):
