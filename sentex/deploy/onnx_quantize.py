@@ -11,7 +11,8 @@ the speed is the fp32 graph's (README: "int8 on both kinds of CPU").
 
 Weights quantized: the right-hand side ``B`` (``K x N``) of every ``MatMul`` whose ``B`` is a constant
 (every Linear; one scale per output column, ``axis=1``) and the table of every ``Gather`` on a constant
-(the embeddings; one scale per row, ``axis=0``). Symmetric: ``q = round(w / s)``, ``s = max|w| / 127``.
+(the embeddings; one scale per row, ``axis=0``), symmetric as in the torch int8 file
+(:func:`~sentex.deploy.quant.int8.quantize_rows`).
 """
 
 from __future__ import annotations
@@ -20,24 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sentex.deploy.onnx_runtime import import_optional
-
-
-def symmetric_int8(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(q, scale)`` with one scale per index of ``axis``: ``weight ≈ q * scale`` along it.
-
-    >>> q, s = symmetric_int8(np.array([[1.0, 0.0], [-2.0, 0.0]], dtype=np.float32), axis=1)
-    >>> q.tolist(), s.tolist()
-    ([[64, 0], [-127, 0]], [0.015748031437397003, 1.0])
-    """
-    reduce = tuple(i for i in range(weight.ndim) if i != axis)
-    amax = np.abs(weight).max(axis=reduce)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
-    return q, scale
+from sentex.deploy.quant.int8 import quantize_rows
 
 
 def weight_inputs(graph: Any, constants: set[str]) -> dict[str, int]:
@@ -67,7 +54,10 @@ def quantize_weights_int8(source: Path, target: Path) -> int:
     targets = {name: axis for name, axis in weight_inputs(graph, floats).items() if len(initializers[name].dims) == 2}
     dequantize_nodes = []
     for name, axis in targets.items():
-        q, scale = symmetric_int8(numpy_helper.to_array(initializers[name]), axis)
+        # quantize_rows scales each row (axis 0); a MatMul's B is scaled per column, so it goes in transposed.
+        weight = torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
+        q, scale = quantize_rows(weight if axis == 0 else weight.T)
+        q, scale = (q if axis == 0 else q.T).contiguous().numpy(), scale.numpy()
         graph.initializer.remove(initializers[name])
         graph.initializer.extend(
             [

@@ -160,15 +160,15 @@ class RowScaledDynamicLinear(DynamicLinear):
     torch's dynamic Linear quantizes its whole input with one scale: a tweet's answer then depends on
     what it is batched with (the largest activation in the batch sets everyone's step), and one
     outlier token (often ``[CLS]``) coarsens every other token's step (issue #24). Here each row
-    ``x_i`` is divided by its own ``a_i = max|x_i|``, so every row lies in ``[-1, 1]``; one
-    calibration row ``(1, -1, 0, ...)`` appended to the batch pins the quantizer's range to exactly
-    ``[-1, 1]`` whatever the batch holds; fbgemm's int8 kernel then multiplies, and the row is scaled
+    ``x_i`` is divided by its own ``a_i = max|x_i|``, so every row lies in ``[-1, 1]``; two
+    calibration rows ``(1, 0, ...)`` and ``(-1, 0, ...)`` appended to the batch pin the quantizer's
+    range to exactly ``[-1, 1]`` whatever the batch holds; fbgemm's int8 kernel then multiplies, and the row is scaled
     back: ``y_i = a_i · (W x_i / a_i) + b``. Integer accumulation is exact, so a row's output is the
     same in any batch. The bias is added afterwards in float32 (it must not be scaled by ``a_i``).
 
     Activations use 8 bits where the CPU accumulates pairs in int32 (VNNI/AMX) and 7 bits elsewhere:
     fbgemm's AVX2 kernels add pairs of u8·s8 products in saturating int16, so 255·127·2 overflows
-    (torch's ``reduce_range``). Measured in ``bench/export_bench.py`` (README: "int8 on both kinds of CPU").
+    (torch's ``reduce_range``). Measurements: README, "int8 on both kinds of CPU".
     """
 
     full_range: bool = False
@@ -180,13 +180,11 @@ class RowScaledDynamicLinear(DynamicLinear):
         n, width = rows.shape
         amax = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True)
         amax = amax.masked_fill_(amax == 0, 1.0)
-        # Rows divided by their own maximum, then two calibration entries (1 and -1) in one extra
-        # row that pin the quantizer's range; written into one buffer to spare a copy.
-        scaled = rows.new_zeros(n + 1, width)
+        # Rows divided by their own maximum, then two calibration rows (1 and -1 in the first column) that
+        # pin the quantizer's range, written into one buffer to spare a copy.
+        scaled = rows.new_zeros(n + 2, width)
         torch.div(rows, amax, out=scaled[:n])
-        scaled[n, 0], scaled[n, -1] = 1.0, -1.0
-        if width == 1:  # one input feature: zeros pin 0 in the range, the sign of 1 is what rows lack
-            scaled = torch.cat([scaled, scaled.new_tensor([[1.0], [-1.0]])])
+        scaled[n, 0], scaled[n + 1, 0] = 1.0, -1.0
         packed = self._packed_params._packed_params
         out = torch.ops.quantized.linear_dynamic(scaled, packed, reduce_range=not self.full_range)[:n]
         out.mul_(amax)
