@@ -22,8 +22,9 @@ from sentex.data.tweets import SENTIMENTS
 from sentex.errors import SentexError
 from sentex.metrics import jaccard
 from sentex.models.components.causal_codec import DEFAULT_INSTRUCTION, CausalCodec
-from sentex.models.components.causal_match import Match, closest_substring, find_ignoring_case
+from sentex.models.components.causal_match import Match, closest_substring
 from sentex.models.components.seq2seq_codec import restore_source_case
+from sentex.models.components.text_offsets import find_ignoring_case
 from tests.test_causal import CHAT_TEMPLATE
 
 

@@ -23,7 +23,7 @@ from sentex.data.tweets import SENTIMENTS, TweetTable
 from sentex.deploy.sentiment import AUTO, missing_sentiment
 from sentex.errors import DataError
 from sentex.metrics import jaccard
-from sentex.models.components.causal_match import find_ignoring_case
+from sentex.models.components.text_offsets import find_ignoring_case
 
 MODEL_ENV = "SENTEX_MODEL"
 SENTIMENT_MODEL_ENV = "SENTEX_SENTIMENT_MODEL"

@@ -4,8 +4,8 @@ A decoder-only model writes its answer token by token, so it can change case or 
 character or paraphrase. The competition scores words of the tweet, so sentex answers with the
 tweet's own text: the answer itself where it occurs, else the contiguous run of the tweet's words
 closest to it in word Jaccard (the competition metric), on words with their punctuation stripped.
-:func:`find_ignoring_case` is the one case-insensitive search of every family and the app: its spans
-are the tweet's own, also where lower-casing lengthens it.
+The case-insensitive search is :func:`~sentex.models.components.text_offsets.find_ignoring_case`, whose
+spans are the tweet's own, also where lower-casing lengthens it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+
+from sentex.models.components.text_offsets import find_ignoring_case
 
 
 @dataclass(frozen=True)
@@ -110,29 +112,6 @@ def _closest_run(words: list[str], generated: str) -> tuple[int, int] | None:
             if shared == len(target):
                 break  # every later run only adds words the answer lacks
     return None if best is None else (-best[2], -best[2] - best[1])
-
-
-def find_ignoring_case(text: str, phrase: str) -> tuple[int, int] | None:
-    """Character span in ``text`` of the first occurrence of ``phrase``, ignoring case.
-
-    The search runs on ``str.lower()`` of both, but the span is in ``text``'s own characters:
-    lowering can lengthen a string (``"İ"`` becomes ``"i"`` + a combining dot), so an offset in
-    the lowered tweet is not one in the tweet. Each lowered character is traced back to the
-    character it came from; a match that starts or ends inside such a pair takes the whole character.
-
-    >>> find_ignoring_case("İstanbul is GREAT", "great")
-    (12, 17)
-    >>> find_ignoring_case("so happy", "sad") is None, find_ignoring_case("so happy", "") is None
-    (True, True)
-    """
-    needle = phrase.lower()
-    start = text.lower().find(needle) if needle else -1
-    if start < 0:
-        return None
-    # str.lower maps each character on its own except for the final sigma, which keeps its length,
-    # so the lowered text is the characters' lowerings end to end.
-    source = [i for i, char in enumerate(text) for _ in char.lower()]
-    return source[start], source[start + len(needle) - 1] + 1
 
 
 def _bare(phrase: str) -> str:

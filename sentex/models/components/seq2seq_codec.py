@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sentex.models.components.causal_match import find_ignoring_case
+from sentex.models.components.text_offsets import find_ignoring_case
 
 Batch = dict[str, Any]
 DEFAULT_PROMPT = "Extract the {sentiment} sentiment phrase from: {text}"
